@@ -1,0 +1,39 @@
+"""netdiag: ping, multipath traceroute and half-open TCP knock for trio.
+
+Each diagnostic is a shared object (``Pinger``, ``Tracer``, ``Knocker``) that owns one raw socket
+per family and a demux table, and carries thousands of concurrent probes as async iterators::
+
+    async with Pinger() as pinger:
+        async for rtt in pinger.ping(Ping("127.0.0.1", count=4)):
+            print(rtt)
+"""
+
+from .errors import (
+    FamilyUnavailableError,
+    KeyInUseError,
+    NetdiagError,
+    PrivilegeError,
+    ResolveError,
+)
+from .ping import Ping, Pinger, PingError, PingResult, PingStats
+from .resolve import resolve
+from .sock import Bind
+from .stats import RttStats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Bind",
+    "FamilyUnavailableError",
+    "KeyInUseError",
+    "NetdiagError",
+    "Ping",
+    "PingError",
+    "PingResult",
+    "PingStats",
+    "Pinger",
+    "PrivilegeError",
+    "ResolveError",
+    "RttStats",
+    "resolve",
+]

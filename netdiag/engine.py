@@ -1,0 +1,245 @@
+"""The engine every diagnostic shares: receive loops, the demux table, leases and expiry.
+
+One :class:`Engine` belongs to one Pinger/Tracer/Knocker. It owns a nursery in which it runs one
+receive task per socket and one expiry task, and a table mapping demux keys to :class:`Lease`
+objects. The flow for every probe is the same:
+
+1. ``lease = engine.register(key, sink, expiry)`` -- before the probe is sent, so even a reply
+   that arrives while ``sendmsg`` is still returning finds its waiter;
+2. the diagnostic sends the probe;
+3. a receive task turns each datagram into ``(key, event)`` with the diagnostic's pure
+   classifier, looks the key up and hands the event to the lease's sink; or the expiry task
+   finds the deadline passed and tells the sink the probe expired;
+4. ``lease.release()`` (or leaving ``with lease:``) removes the key, whatever happened: reply,
+   timeout, cancellation or an exception.
+
+Expiry uses one heap and one task whose sleep is a cancel-scope deadline that registration moves
+earlier when needed, so a million in-flight probes cost a million heap entries, not a million
+timers or tasks. A receive task never exits because of a packet: classifier and sink errors are
+counted and logged, socket errors are counted, and the loop goes on.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import math
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import trio
+
+from .errors import KeyInUseError
+from .sock import Packet, RawSocket
+
+__all__ = ["Engine", "EngineStats", "Lease", "Sink"]
+
+log = logging.getLogger("netdiag.engine")
+
+#: A classifier maps one received packet to ``(key, event)``, or ``None`` for "not ours".
+Classifier = Callable[[Packet], "tuple[Hashable, Any] | None"]
+
+ACTIVE, EXPIRED, RELEASED = 0, 1, 2
+
+
+class Sink(Protocol):
+    """What a diagnostic implements to hear about its probes."""
+
+    def on_event(self, lease: Lease, event: Any, packet: Packet) -> None:
+        """A packet matched ``lease``'s key (``lease.expired`` tells if it came late)."""
+
+    def on_expire(self, lease: Lease) -> None:
+        """``lease`` reached its deadline with no reply that ended it."""
+
+
+class Lease:
+    """A registered demux key: the claim one probe has on the replies that match it.
+
+    ``probe`` is free for the diagnostic (its per-probe state). A lease stays in the table
+    after it expires, marked ``expired``, until released: a late reply then still finds it and
+    is reported as late instead of being mistaken for a reply to something else.
+    """
+
+    __slots__ = ("_engine", "deadline", "key", "probe", "sink", "state")
+
+    def __init__(self, engine: Engine, key: Hashable, sink: Sink, deadline: float, probe: Any):
+        self._engine = engine
+        self.key = key
+        self.sink = sink
+        self.deadline = deadline
+        self.probe = probe
+        self.state = ACTIVE
+
+    @property
+    def expired(self) -> bool:
+        return self.state == EXPIRED
+
+    @property
+    def active(self) -> bool:
+        return self.state == ACTIVE
+
+    def finish(self) -> None:
+        """Stop the expiry clock (the probe got its answer) but keep the key registered, so
+        duplicates and late copies are still recognised until :meth:`release`."""
+        self.deadline = math.inf
+
+    def release(self) -> None:
+        """Remove the key from the table. Idempotent."""
+        if self.state != RELEASED:
+            self.state = RELEASED
+            table = self._engine.table
+            if table.get(self.key) is self:
+                del table[self.key]
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+@dataclass(slots=True)
+class EngineStats:
+    """Counters that explain what the receive loops saw; useful when numbers look wrong."""
+
+    received: int = 0
+    matched: int = 0
+    unmatched: int = 0
+    ignored: int = 0
+    truncated: int = 0
+    classifier_errors: int = 0
+    sink_errors: int = 0
+    socket_errors: int = 0
+    expired: int = 0
+
+
+class Engine:
+    """Demux table + receive loops + expiry, inside a nursery (``async with Engine():``)."""
+
+    def __init__(self, batch: int = 512) -> None:
+        self.table: dict[Hashable, Lease] = {}
+        self.stats = EngineStats()
+        self._batch = batch
+        self._heap: list[tuple[float, int, Lease]] = []
+        self._counter = itertools.count()
+        self._expiry_scope: trio.CancelScope | None = None
+        self._nursery: trio.Nursery | None = None
+        self._nursery_cm: Any = None
+        self._sockets: list[RawSocket] = []
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Engine:
+        self._nursery_cm = trio.open_nursery()
+        self._nursery = await self._nursery_cm.__aenter__()
+        self._nursery.start_soon(self._expiry_loop)
+        return self
+
+    async def __aexit__(self, *exc: Any) -> bool | None:
+        assert self._nursery is not None
+        self._nursery.cancel_scope.cancel()
+        try:
+            return await self._nursery_cm.__aexit__(*exc)
+        finally:
+            self._nursery = None
+            for s in self._sockets:
+                s.close()
+            self._sockets.clear()
+            self.table.clear()
+            self._heap.clear()
+
+    @property
+    def nursery(self) -> trio.Nursery:
+        """The nursery tasks of this object run in (a diagnostic's per-call sender, say)."""
+        if self._nursery is None:
+            raise RuntimeError("use the object inside `async with` before probing")
+        return self._nursery
+
+    def add_socket(self, sock: RawSocket, classify: Classifier | None) -> None:
+        """Take ownership of ``sock`` (closed with the engine) and, if ``classify`` is given,
+        start its receive loop."""
+        self._sockets.append(sock)
+        if classify is not None:
+            self.nursery.start_soon(self._recv_loop, sock, classify)
+
+    # -- the demux table -------------------------------------------------------------------
+
+    def register(self, key: Hashable, sink: Sink, expiry: float, probe: Any = None) -> Lease:
+        """Claim ``key`` for ``expiry`` seconds from now. Raises :class:`KeyInUseError` if
+        another live probe holds it: two probes that look the same on the wire must never be
+        in flight at once."""
+        old = self.table.get(key)
+        if old is not None:
+            raise KeyInUseError(key)
+        deadline = trio.current_time() + expiry
+        lease = Lease(self, key, sink, deadline, probe)
+        self.table[key] = lease
+        heapq.heappush(self._heap, (deadline, next(self._counter), lease))
+        scope = self._expiry_scope
+        if scope is not None and deadline < scope.deadline:
+            scope.deadline = deadline
+        return lease
+
+    def in_use(self, key: Hashable) -> bool:
+        return key in self.table
+
+    # -- tasks -----------------------------------------------------------------------------
+
+    async def _expiry_loop(self) -> None:
+        heap = self._heap
+        while True:
+            now = trio.current_time()
+            while heap and heap[0][0] <= now:
+                deadline, _, lease = heapq.heappop(heap)
+                if lease.state == ACTIVE and lease.deadline == deadline:
+                    lease.state = EXPIRED
+                    self.stats.expired += 1
+                    try:
+                        lease.sink.on_expire(lease)
+                    except Exception:
+                        self.stats.sink_errors += 1
+                        log.exception("sink failed on expiry of %r", lease.key)
+            with trio.CancelScope(deadline=heap[0][0] if heap else math.inf) as scope:
+                self._expiry_scope = scope
+                await trio.sleep_forever()
+            self._expiry_scope = None
+
+    async def _recv_loop(self, sock: RawSocket, classify: Classifier) -> None:
+        stats = self.stats
+        table = self.table
+        batch = self._batch
+        while True:
+            await sock.wait_readable()
+            packets, err = sock.recv_batch(batch)
+            if err is not None:
+                stats.socket_errors += 1
+                log.warning("receive error on %s socket: %s", "IPv6" if sock.v6 else "IPv4", err)
+            for pkt in packets:
+                stats.received += 1
+                if pkt.truncated:
+                    stats.truncated += 1
+                try:
+                    found = classify(pkt)
+                except Exception:
+                    stats.classifier_errors += 1
+                    log.debug("classifier failed", exc_info=True)
+                    continue
+                if found is None:
+                    stats.ignored += 1
+                    continue
+                key, event = found
+                lease = table.get(key)
+                if lease is None:
+                    stats.unmatched += 1
+                    continue
+                stats.matched += 1
+                try:
+                    lease.sink.on_event(lease, event, pkt)
+                except Exception:
+                    stats.sink_errors += 1
+                    log.exception("sink failed on %r", key)
+            if len(packets) >= batch:
+                # A full batch: let the probes' consumers run before draining more.
+                await trio.lowlevel.checkpoint()

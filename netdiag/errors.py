@@ -1,0 +1,49 @@
+"""Exceptions netdiag raises on purpose, each precise enough to act on."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+__all__ = [
+    "FamilyUnavailableError",
+    "KeyInUseError",
+    "NetdiagError",
+    "PrivilegeError",
+    "ResolveError",
+]
+
+
+class NetdiagError(Exception):
+    """Base class for netdiag's own errors."""
+
+
+class PrivilegeError(NetdiagError, PermissionError):
+    """Raw sockets were refused: the process lacks CAP_NET_RAW.
+
+    It is a :class:`PermissionError` so generic handlers keep working, and its message names the
+    capability and every fix, because "Operation not permitted" alone sends users searching.
+    """
+
+    def __init__(self, what: str = "raw sockets") -> None:
+        exe = os.path.realpath(sys.executable)
+        super().__init__(
+            f"{what} need CAP_NET_RAW: run as root (sudo), or grant it to the interpreter with "
+            f"`sudo setcap cap_net_raw+ep {exe}`"
+        )
+
+
+class FamilyUnavailableError(NetdiagError, OSError):
+    """An address family (IPv4 or IPv6) cannot be used on this host.
+
+    Raised when a probe needs the family, not when the object is created, so a host without IPv6
+    can still ping over IPv4 with the same object.
+    """
+
+
+class KeyInUseError(NetdiagError, KeyError):
+    """A demux key is already registered: two probes would be indistinguishable on the wire."""
+
+
+class ResolveError(NetdiagError, ValueError):
+    """A host name did not resolve to an address of a usable family."""

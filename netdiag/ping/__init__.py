@@ -1,0 +1,550 @@
+"""ICMP echo: :class:`Pinger` carries any number of concurrent pings over one socket per family.
+
+Read top to bottom, this module is the whole diagnostic: per-call state (:class:`_Session`)
+allocates an identifier, and for each probe registers the key ``(target, id, seq)`` with the
+engine *before* sending, sends the bytes built by :mod:`netdiag.wire.icmp`, and turns what the
+engine hands back (reply, ICMP error, expiry) into :class:`PingResult` values. Every reply must
+also carry the probe's random 8-byte token, so replies to other processes that happen to use the
+same identifier and sequence (iputils picks identifiers too) are never taken for ours.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import math
+import random
+import socket
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import trio
+
+from ..engine import Engine, Lease
+from ..errors import FamilyUnavailableError, KeyInUseError, NetdiagError
+from ..resolve import resolve
+from ..sock import (
+    DEFAULT_RCVBUF,
+    IP_PMTUDISC_DO,
+    IP_PMTUDISC_DONT,
+    Bind,
+    IPAddress,
+    Packet,
+    RawSocket,
+)
+from ..stats import RttStats
+from ..wire.icmp import (
+    ECHO_REPLY4,
+    ECHO_REPLY6,
+    Echo,
+    ErrorKind,
+    IcmpError,
+    build_echo,
+    classify_echo,
+    echo_payload,
+    token_matches,
+)
+
+__all__ = ["Ping", "PingError", "PingResult", "PingStats", "Pinger"]
+
+#: ICMP types a ping socket needs to see; the kernel filters out everything else.
+_TYPES4 = (ECHO_REPLY4, 3, 4, 5, 11, 12)
+_TYPES6 = (1, 2, 3, 4, ECHO_REPLY6)
+MAX_SIZE = 65507  # largest ICMPv4 echo payload in one IPv4 datagram (65535 - 20 - 8)
+TOKEN_LEN = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """What to ping and how. Durations are seconds.
+
+    ``interval`` is the time between requests (they leave on schedule whether or not earlier
+    replies came back); ``expiry`` is how long each request waits for its reply. ``size`` is the
+    echo payload in bytes (56 gives the classic 64-byte ICMP message). ``ttl`` and ``tos`` default
+    to the kernel's. ``df``: ``None`` is the kernel default (Linux sets DF but may fragment
+    locally), ``True`` never fragments (an oversized probe is an error result), ``False`` lets
+    routers fragment, like ``ping -M do|dont``.
+    """
+
+    addr: IPAddress | str
+    count: int = 4
+    interval: float = 1.0
+    expiry: float = 2.0
+    size: int = 56
+    ttl: int | None = None
+    tos: int | None = None
+    df: bool | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.addr, str):
+            if not self.addr:
+                raise ValueError("Ping.addr must not be empty")
+        elif not isinstance(self.addr, ipaddress.IPv4Address | ipaddress.IPv6Address):
+            raise TypeError(f"Ping.addr must be an address or host name, not {self.addr!r}")
+        _check_int("count", self.count, 1, 10**9)
+        _check_float("interval", self.interval, 0.0, 3600.0)
+        _check_float("expiry", self.expiry, 0.0, 3600.0, open_low=True)
+        _check_int("size", self.size, 0, MAX_SIZE)
+        if self.ttl is not None:
+            _check_int("ttl", self.ttl, 1, 255)
+        if self.tos is not None:
+            _check_int("tos", self.tos, 0, 255)
+
+
+def _check_int(name: str, value: object, lo: int, hi: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, not {value!r}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be between {lo} and {hi}, got {value}")
+
+
+def _check_float(name: str, value: object, lo: float, hi: float, open_low: bool = False) -> None:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a number of seconds, not {value!r}")
+    if math.isnan(value) or value > hi or value < lo or (open_low and value == lo):
+        low = f"more than {lo}" if open_low else f"at least {lo}"
+        raise ValueError(f"{name} must be {low} and at most {hi} seconds, got {value}")
+
+
+@dataclass(frozen=True, slots=True)
+class PingError:
+    """The ICMP error a router or the target sent instead of a reply."""
+
+    kind: ErrorKind | None
+    type: int
+    code: int
+    text: str
+    mtu: int = 0
+
+    @property
+    def local(self) -> bool:
+        """True when the request never left: the kernel refused to send it."""
+        return self.kind is None
+
+
+@dataclass(frozen=True, slots=True)
+class PingResult:
+    """The outcome of one echo request, or a duplicate/late copy of a reply.
+
+    ``kind`` is ``"reply"``, ``"timeout"`` or ``"error"`` (an ICMP error came back, see
+    ``error``; or the request could not be sent, see ``error.text``). ``seq`` is the 1-based
+    request number, as iputils' ``icmp_seq``. ``responder`` is who answered (the target, or
+    the router that sent the error). ``ttl`` is the reply's TTL/hop limit and ``size`` its ICMP
+    length. ``duplicate`` marks a second reply to the same request; ``late`` a reply that came
+    after the request had expired (it is not counted as received, as it was reported lost).
+    """
+
+    seq: int
+    addr: IPAddress
+    kind: Literal["reply", "timeout", "error"]
+    rtt: float | None = None
+    responder: IPAddress | None = None
+    ttl: int | None = None
+    size: int = 0
+    duplicate: bool = False
+    late: bool = False
+    error: PingError | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "seq": self.seq,
+            "addr": str(self.addr),
+            "kind": self.kind,
+            "rtt": self.rtt,
+            "responder": str(self.responder) if self.responder else None,
+            "ttl": self.ttl,
+            "size": self.size,
+            "duplicate": self.duplicate,
+            "late": self.late,
+        }
+        if self.error is not None:
+            d["error"] = {
+                "kind": self.error.kind.value if self.error.kind else None,
+                "type": self.error.type,
+                "code": self.error.code,
+                "text": self.error.text,
+                "mtu": self.error.mtu,
+            }
+        return d
+
+
+@dataclass(slots=True)
+class PingStats:
+    """The summary of one ping: what iputils prints, plus percentiles and jitter.
+
+    ``received`` counts requests answered by a reply (not duplicates or late copies);
+    ``loss`` is ``1 - received / sent``.
+    """
+
+    sent: int = 0
+    received: int = 0
+    errors: int = 0
+    duplicates: int = 0
+    late: int = 0
+    rtt: RttStats = field(default_factory=RttStats)
+
+    def add(self, r: PingResult) -> None:
+        """Account for one result, as yielded by :meth:`Pinger.results`."""
+        if r.duplicate:
+            self.duplicates += 1
+            return
+        if r.late:
+            self.late += 1
+            return
+        if r.error is None or not r.error.local:
+            self.sent += 1
+        if r.kind == "reply":
+            self.received += 1
+            if r.rtt is not None:
+                self.rtt.add(r.rtt)
+        elif r.kind == "error":
+            self.errors += 1
+
+    @classmethod
+    def of(cls, results: list[PingResult]) -> PingStats:
+        s = cls()
+        for r in results:
+            s.add(r)
+        return s
+
+    @property
+    def loss(self) -> float:
+        return 1.0 - self.received / self.sent if self.sent else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "sent": self.sent,
+            "received": self.received,
+            "errors": self.errors,
+            "duplicates": self.duplicates,
+            "late": self.late,
+            "loss": self.loss,
+            **self.rtt.as_dict(),
+        }
+
+
+class _Family:
+    """One family's socket(s) and how to talk to them."""
+
+    def __init__(self, sock: RawSocket, v6: bool) -> None:
+        self.sock = sock
+        self.v6 = v6
+        self.df_socks: dict[bool, RawSocket] = {}
+
+
+class _Probe:
+    __slots__ = ("answered", "sent_ns", "seq", "token")
+
+    def __init__(self, seq: int, token: bytes) -> None:
+        self.seq = seq
+        self.token = token
+        self.sent_ns = 0
+        self.answered = False
+
+
+class _Session:
+    """The state of one :meth:`Pinger.results` call; the engine's sink for its probes."""
+
+    def __init__(self, pinger: Pinger, ping: Ping, target: IPAddress, fam: _Family) -> None:
+        self.pinger = pinger
+        self.ping = ping
+        self.target = target
+        self.packed = target.packed
+        self.fam = fam
+        self.events: deque[PingResult] = deque()
+        self.leases: deque[Lease] = deque()
+        self.outstanding = 0
+        self.done_sending = False
+        self.failure: BaseException | None = None
+        self._wake: trio.Event | None = None
+        self._scope: trio.CancelScope | None = None
+        self.ident = pinger._allocate_ident(self.packed)
+
+    # -- engine sink -----------------------------------------------------------------------
+
+    def on_event(self, lease: Lease, event: Any, packet: Packet) -> None:
+        probe: _Probe = lease.probe
+        if not token_matches(event, probe.token):
+            self.pinger.foreign += 1
+            return
+        rtt = max(packet.stamp_ns - probe.sent_ns, 0) / 1e9 if probe.sent_ns else None
+        responder = ipaddress.ip_address(packet.src)
+        if isinstance(event, Echo):
+            size = 8 + len(event.payload)
+            base = PingResult(probe.seq, self.target, "reply", rtt, responder, packet.ttl, size)
+        else:
+            err = _ping_error(event)
+            base = PingResult(
+                probe.seq, self.target, "error", rtt, responder, packet.ttl, 0, error=err
+            )
+        if lease.expired:
+            self._push(_replace(base, late=True))
+        elif probe.answered:
+            self._push(_replace(base, duplicate=True))
+        else:
+            probe.answered = True
+            lease.finish()
+            self.outstanding -= 1
+            self._push(base)
+
+    def on_expire(self, lease: Lease) -> None:
+        probe: _Probe = lease.probe
+        self.outstanding -= 1
+        self._push(PingResult(probe.seq, self.target, "timeout"))
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _push(self, r: PingResult) -> None:
+        self.events.append(r)
+        if self._wake is not None:
+            self._wake.set()
+
+    @property
+    def finished(self) -> bool:
+        return self.done_sending and self.outstanding == 0 and not self.events
+
+    async def wait(self) -> None:
+        self._wake = trio.Event()
+        if self.events or (self.done_sending and self.outstanding == 0) or self.failure:
+            return
+        await self._wake.wait()
+
+    async def run_sender(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.CancelScope() as scope:
+            self._scope = scope
+            task_status.started()
+            try:
+                await self._send_all()
+            except Exception as e:  # never let one ping take down the Pinger's nursery
+                self.failure = e
+            finally:
+                self.done_sending = True
+                if self._wake is not None:
+                    self._wake.set()
+
+    async def _send_all(self) -> None:
+        ping = self.ping
+        engine = self.pinger._engine
+        sock = self.fam.sock
+        if ping.df is not None:
+            sock = self.pinger._df_socket(self.fam, ping.df)
+        anc = sock.ancillary(
+            ttl=ping.ttl,
+            tos=ping.tos,
+            dontfrag=ping.df if self.fam.v6 else None,
+        )
+        fill = echo_payload(b"\x00" * TOKEN_LEN, ping.size)
+        dst = str(self.target)
+        v6 = self.fam.v6
+        grace = 2 * ping.expiry
+        start = trio.current_time()
+        getrandbits = random.getrandbits
+        for i in range(ping.count):
+            due = start + i * ping.interval
+            if i:
+                await trio.sleep_until(due)
+            seq = i + 1
+            wire_seq = seq & 0xFFFF
+            token = getrandbits(64).to_bytes(TOKEN_LEN, "big")[: ping.size]
+            payload = token + fill[len(token) :]
+            data = build_echo(self.ident, wire_seq, payload, v6)
+            probe = _Probe(seq, token)
+            key = (self.packed, self.ident, wire_seq)
+            try:
+                lease = engine.register(key, self, ping.expiry, probe)
+            except KeyInUseError:
+                self._push(_send_failure(seq, self.target, "sequence number still in flight"))
+                continue
+            self.leases.append(lease)
+            self.outstanding += 1
+            try:
+                probe.sent_ns = await sock.send(data, dst, anc)
+            except OSError as e:
+                lease.release()
+                self.outstanding -= 1
+                self._push(_send_failure(seq, self.target, e.strerror or str(e)))
+            # Forget probes old enough that no reply can matter any more: memory stays bounded
+            # on a ping that runs for days.
+            now = trio.current_time()
+            while self.leases and self.leases[0].deadline + grace < now:
+                self.leases.popleft().release()
+
+    def close(self) -> None:
+        if self._scope is not None:
+            self._scope.cancel()
+        for lease in self.leases:
+            lease.release()
+        self.leases.clear()
+        self.pinger._release_ident(self.packed, self.ident)
+
+
+def _replace(r: PingResult, **kw: Any) -> PingResult:
+    return dataclasses.replace(r, **kw)
+
+
+def _send_failure(seq: int, target: IPAddress, text: str) -> PingResult:
+    return PingResult(seq, target, "error", error=PingError(None, -1, -1, text))
+
+
+_TEXT = {
+    ErrorKind.TIME_EXCEEDED: "Time to live exceeded",
+    ErrorKind.PACKET_TOO_BIG: "Packet too big",
+    ErrorKind.PARAMETER_PROBLEM: "Parameter problem",
+    ErrorKind.SOURCE_QUENCH: "Source quench",
+    ErrorKind.REDIRECT: "Redirect",
+}
+
+
+def _ping_error(e: IcmpError) -> PingError:
+    if e.kind is ErrorKind.UNREACHABLE and e.unreach is not None:
+        text = f"Destination unreachable ({e.unreach.label})"
+    else:
+        text = _TEXT.get(e.kind, e.kind.value)
+    mtu = e.info if e.kind is ErrorKind.PACKET_TOO_BIG or e.unreach is not None else 0
+    if mtu:
+        text += f", mtu={mtu}"
+    return PingError(e.kind, e.type, e.code, text, mtu)
+
+
+class Pinger:
+    """Ping many targets concurrently over one raw ICMP socket per family.
+
+    Use it as an async context manager: entering opens the sockets and starts the receive
+    loops; leaving cancels every ping still running and closes the sockets. A family that
+    cannot be opened (no IPv6 on the host, say) does not stop the other one: pinging it raises
+    :class:`FamilyUnavailableError` saying why. Missing privileges raise
+    :class:`~netdiag.errors.PrivilegeError` on entry.
+    """
+
+    def __init__(self, bind: Bind | None = None, *, rcvbuf: int = DEFAULT_RCVBUF) -> None:
+        if bind is not None and not isinstance(bind, Bind):
+            raise TypeError(f"bind must be a netdiag.Bind, not {bind!r}")
+        self.bind = bind or Bind()
+        self.rcvbuf = rcvbuf
+        self._engine = Engine()
+        self._families: dict[bool, _Family | BaseException] = {}
+        self._idents: dict[tuple[bytes, int], int] = {}
+        self._next_ident = random.randrange(0x10000)
+        self.foreign = 0
+
+    async def __aenter__(self) -> Pinger:
+        await self._engine.__aenter__()
+        try:
+            self._open()
+        except BaseException:
+            await self._engine.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(self, *exc: Any) -> bool | None:
+        return await self._engine.__aexit__(*exc)
+
+    def _open(self) -> None:
+        errors: list[BaseException] = []
+        for v6 in (False, True):
+            proto = socket.IPPROTO_ICMPV6 if v6 else socket.IPPROTO_ICMP
+            try:
+                sock = RawSocket(
+                    v6, proto, self.bind, icmp_types=_TYPES6 if v6 else _TYPES4, rcvbuf=self.rcvbuf
+                )
+            except (FamilyUnavailableError, OSError) as e:
+                if isinstance(e, PermissionError):
+                    raise
+                self._families[v6] = e
+                errors.append(e)
+                continue
+            self._families[v6] = _Family(sock, v6)
+            self._engine.add_socket(sock, _classifier(v6))
+        if len(errors) == 2:
+            raise errors[0]
+
+    def _family(self, v6: bool) -> _Family:
+        fam = self._families.get(v6)
+        if isinstance(fam, _Family):
+            return fam
+        if fam is None:
+            raise RuntimeError("use the Pinger inside `async with Pinger() as pinger:`")
+        raise FamilyUnavailableError(f"IPv{6 if v6 else 4} unavailable: {fam}")
+
+    def _df_socket(self, fam: _Family, df: bool) -> RawSocket:
+        """IPv4 has no per-packet DF control, so DF-forced and DF-cleared probes go out through
+        a send-only sibling socket with that IP_MTU_DISCOVER mode (IPv6 uses a cmsg)."""
+        if fam.v6:
+            return fam.sock
+        sock = fam.df_socks.get(df)
+        if sock is None:
+            sock = RawSocket(
+                False,
+                socket.IPPROTO_ICMP,
+                self.bind,
+                receive=False,
+                pmtudisc=IP_PMTUDISC_DO if df else IP_PMTUDISC_DONT,
+            )
+            self._engine.add_socket(sock, None)
+            fam.df_socks[df] = sock
+        return sock
+
+    def _allocate_ident(self, packed: bytes) -> int:
+        """An identifier no other running ping of this Pinger uses for the same target."""
+        for _ in range(0x10000):
+            ident = self._next_ident
+            self._next_ident = (ident + 1) & 0xFFFF
+            if (packed, ident) not in self._idents:
+                self._idents[(packed, ident)] = 1
+                return ident
+        raise NetdiagError("more than 65536 concurrent pings to one target")
+
+    def _release_ident(self, packed: bytes, ident: int) -> None:
+        self._idents.pop((packed, ident), None)
+
+    @property
+    def engine(self) -> Engine:
+        """The engine (demux table, counters) behind this Pinger, for introspection."""
+        return self._engine
+
+    async def results(self, ping: Ping) -> AsyncIterator[PingResult]:
+        """Ping and yield every outcome as it happens: replies (in arrival order), timeouts,
+        ICMP errors, duplicates and late replies. Ends when every request is resolved."""
+        if not isinstance(ping, Ping):
+            raise TypeError(f"expected a netdiag.Ping, got {ping!r}")
+        target = await resolve(ping.addr)
+        fam = self._family(target.version == 6)
+        session = _Session(self, ping, target, fam)
+        try:
+            await self._engine.nursery.start(session.run_sender)
+            while True:
+                while session.events:
+                    yield session.events.popleft()
+                if session.failure is not None:
+                    raise session.failure
+                if session.finished:
+                    return
+                await session.wait()
+        finally:
+            session.close()
+
+    async def ping(self, ping: Ping) -> AsyncIterator[float | None]:
+        """Yield, in sequence order, each request's RTT in seconds or ``None`` if it got no
+        reply (timed out, or an ICMP error came back instead)."""
+        pending: dict[int, float | None] = {}
+        nxt = 1
+        async for r in self.results(ping):
+            if r.duplicate or r.late:
+                continue
+            pending[r.seq] = r.rtt if r.kind == "reply" else None
+            while nxt in pending:
+                yield pending.pop(nxt)
+                nxt += 1
+
+    async def collect(self, ping: Ping) -> list[PingResult]:
+        """Run a whole ping and return every result; see :meth:`PingStats.of`."""
+        return [r async for r in self.results(ping)]
+
+
+def _classifier(v6: bool):  # type: ignore[no-untyped-def]
+    def classify(pkt: Packet) -> Any:
+        return classify_echo(pkt.data, v6, pkt.src, ip_header=not v6)
+
+    return classify

@@ -1,0 +1,53 @@
+"""Turning what a user typed into an address, through trio's non-blocking getaddrinfo."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+import trio
+
+from .errors import ResolveError
+from .sock import IPAddress
+
+__all__ = ["resolve", "reverse"]
+
+
+async def resolve(host: str | IPAddress, version: int | None = None) -> IPAddress:
+    """Resolve ``host`` to one address, optionally of one IP ``version`` (4 or 6).
+
+    Literal addresses are returned without a lookup. Names go through ``getaddrinfo`` in a
+    worker thread (trio's), so thousands of concurrent pings never block the event loop.
+    Raises :class:`ResolveError` (a ``ValueError``) with the host name in the message.
+    """
+    if version not in (None, 4, 6):
+        raise ValueError(f"IP version must be 4 or 6, not {version!r}")
+    if isinstance(host, ipaddress.IPv4Address | ipaddress.IPv6Address):
+        addr: IPAddress = host
+    else:
+        if not isinstance(host, str) or not host:
+            raise ResolveError(f"not a host name or address: {host!r}")
+        try:
+            addr = ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
+        except ValueError:
+            family = {None: socket.AF_UNSPEC, 4: socket.AF_INET, 6: socket.AF_INET6}[version]
+            try:
+                infos = await trio.socket.getaddrinfo(host, None, family, socket.SOCK_RAW)
+            except (socket.gaierror, UnicodeError) as e:
+                msg = e.strerror if isinstance(e, socket.gaierror) else str(e)
+                raise ResolveError(f"{host}: {msg}") from None
+            if not infos:
+                raise ResolveError(f"{host}: no address") from None
+            addr = ipaddress.ip_address(infos[0][4][0].split("%", 1)[0])
+    if version is not None and addr.version != version:
+        raise ResolveError(f"{host}: not an IPv{version} address")
+    return addr
+
+
+async def reverse(addr: IPAddress) -> str | None:
+    """Reverse DNS for display (``None`` when there is no name); never raises."""
+    try:
+        name, _ = await trio.socket.getnameinfo((str(addr), 0), socket.NI_NAMEREQD)
+    except (OSError, UnicodeError):
+        return None
+    return name

@@ -1,0 +1,90 @@
+"""RTT statistics shared by ping and knock: what iputils prints, plus percentiles and jitter."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+__all__ = ["RttStats"]
+
+
+@dataclass(slots=True)
+class RttStats:
+    """Accumulates round-trip times (seconds) in probe order.
+
+    ``mdev`` is iputils' definition, the population standard deviation
+    ``sqrt(mean(rtt²) - mean(rtt)²)``. ``jitter`` is the mean absolute difference between
+    consecutive RTTs (the RFC 3550 idea without its smoothing), which is what people compare
+    between runs. Percentiles use the nearest-rank method, so p99 of 4 samples is the maximum.
+    """
+
+    rtts: list[float] = field(default_factory=list)
+
+    def add(self, rtt: float) -> None:
+        self.rtts.append(rtt)
+
+    @property
+    def count(self) -> int:
+        return len(self.rtts)
+
+    @property
+    def min(self) -> float | None:
+        return min(self.rtts) if self.rtts else None
+
+    @property
+    def max(self) -> float | None:
+        return max(self.rtts) if self.rtts else None
+
+    @property
+    def avg(self) -> float | None:
+        return sum(self.rtts) / len(self.rtts) if self.rtts else None
+
+    @property
+    def mdev(self) -> float | None:
+        if not self.rtts:
+            return None
+        n = len(self.rtts)
+        mean = sum(self.rtts) / n
+        var = sum(r * r for r in self.rtts) / n - mean * mean
+        return math.sqrt(max(var, 0.0))
+
+    def percentile(self, p: float) -> float | None:
+        """Nearest-rank percentile, ``p`` in (0, 100]."""
+        if not self.rtts:
+            return None
+        if not 0 < p <= 100:
+            raise ValueError(f"percentile must be in (0, 100], got {p}")
+        ordered = sorted(self.rtts)
+        rank = max(1, math.ceil(p / 100 * len(ordered)))
+        return ordered[rank - 1]
+
+    @property
+    def p50(self) -> float | None:
+        return self.percentile(50)
+
+    @property
+    def p90(self) -> float | None:
+        return self.percentile(90)
+
+    @property
+    def p99(self) -> float | None:
+        return self.percentile(99)
+
+    @property
+    def jitter(self) -> float | None:
+        if len(self.rtts) < 2:
+            return None
+        r = self.rtts
+        return sum(abs(r[i] - r[i - 1]) for i in range(1, len(r))) / (len(r) - 1)
+
+    def as_dict(self) -> dict[str, float | None]:
+        return {
+            "min": self.min,
+            "avg": self.avg,
+            "max": self.max,
+            "mdev": self.mdev,
+            "p50": self.p50,
+            "p90": self.p90,
+            "p99": self.p99,
+            "jitter": self.jitter,
+        }
