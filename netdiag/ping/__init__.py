@@ -486,6 +486,14 @@ class Pinger:
             fam.df_socks[df] = sock
         return sock
 
+    def prepare(self, ping: Ping) -> None:
+        """Open now any extra socket ``ping`` will need (the IPv4 DF sibling), so a CLI can
+        drop root right after and still send it. Pinging calls this itself."""
+        if ping.df is not None:
+            for v6, fam in self._families.items():
+                if isinstance(fam, _Family) and not v6:
+                    self._df_socket(fam, ping.df)
+
     def _allocate_ident(self, packed: bytes) -> int:
         """An identifier no other running ping of this Pinger uses for the same target."""
         for _ in range(0x10000):

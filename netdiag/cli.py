@@ -1,0 +1,206 @@
+"""What the command-line tools share: argument types, one-line errors, exit codes, Ctrl-C,
+privilege dropping, and output helpers.
+
+The CLIs are thin: each parses arguments into the same dataclasses the library takes (``Ping``,
+``Trace``, ``Knock``) and prints what the library yields. Everything here exists so that bad input
+gives one clear line and exit status 2 -- never a traceback -- in every tool alike.
+
+Exit statuses follow iputils: 0 success, 1 the target never answered, 2 usage or permission error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, NoReturn
+
+import trio
+
+from .errors import FamilyUnavailableError, PrivilegeError, ResolveError
+from .sock import Bind, parse_address
+
+__all__ = [
+    "EXIT_FAIL",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "Parser",
+    "bind_for",
+    "drop_privileges",
+    "fail",
+    "fmt_ms",
+    "int_range",
+    "main",
+    "print_json",
+    "run",
+    "seconds",
+]
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Raised by CLI code for input the parser could not catch (a bad host, say)."""
+
+
+def fail(prog: str, message: str, status: int = EXIT_USAGE) -> NoReturn:
+    """Print ``prog: message`` on stderr and exit: the one-line error every tool uses."""
+    print(f"{prog}: {message}", file=sys.stderr)
+    raise SystemExit(status)
+
+
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line (no usage dump) and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(self.prog, f"{message} (see --help)")
+
+
+def int_range(lo: int, hi: int, name: str = "value") -> Callable[[str], int]:
+    """An argparse type: an integer in ``[lo, hi]``; accepts 0x.. like iputils' ``-Q``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 0)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{name} must be between {lo} and {hi}, got {value}")
+        return value
+
+    return parse
+
+
+def seconds(lo: float, hi: float, name: str, allow_zero: bool = True) -> Callable[[str], float]:
+    """An argparse type: a duration in seconds within ``[lo, hi]`` (``> 0`` unless allowed)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{name} must be a number of seconds, got {text!r}"
+            ) from None
+        if math.isnan(value) or value < lo or value > hi or (not allow_zero and value <= 0):
+            low = f">= {lo}" if allow_zero else "> 0"
+            raise argparse.ArgumentTypeError(
+                f"{name} must be {low} and <= {hi} seconds, got {text}"
+            )
+        return value
+
+    return parse
+
+
+def bind_for(source: str | None) -> Bind | None:
+    """``-I``/``-s``: an address binds that family's sockets; anything else is an interface."""
+    if source is None:
+        return None
+    try:
+        return Bind.source(parse_address(source))
+    except ValueError:
+        return Bind(device=source)
+
+
+def fmt_ms(seconds_: float) -> str:
+    """An RTT in milliseconds with iputils' precision (3 significant decimals below 1 ms)."""
+    ms = seconds_ * 1000.0
+    if ms >= 100:
+        return f"{ms:.0f}"
+    if ms >= 10:
+        return f"{ms:.1f}"
+    if ms >= 1:
+        return f"{ms:.2f}"
+    return f"{ms:.3f}"
+
+
+def print_json(doc: Any) -> None:
+    json.dump(doc, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+def drop_privileges() -> None:
+    """Under sudo, become the invoking user once the sockets are open, as iputils ping does.
+
+    Raw sockets keep working after ``setuid`` (the kernel checked the capability when they were
+    created), while a bug in everything that follows -- parsing hostile packets, DNS, output --
+    can no longer act as root. Nothing happens unless we are root *and* SUDO_UID is set.
+    """
+    if os.geteuid() != 0:
+        return
+    uid, gid = os.environ.get("SUDO_UID"), os.environ.get("SUDO_GID")
+    if not uid or not uid.isdigit() or int(uid) == 0:
+        return
+    target_gid = int(gid) if gid and gid.isdigit() else int(uid)
+    os.setgroups([])
+    os.setgid(target_gid)
+    os.setuid(int(uid))
+
+
+async def until_interrupted(body: Callable[[], Awaitable[None]]) -> bool:
+    """Run ``body``; Ctrl-C (SIGINT) cancels it cleanly so the caller can still print its
+    summary, as ping does. Returns True if interrupted."""
+    interrupted = False
+    async with trio.open_nursery() as nursery:
+
+        async def watch() -> None:
+            nonlocal interrupted
+            with trio.open_signal_receiver(signal.SIGINT) as signals:
+                async for _ in signals:
+                    interrupted = True
+                    nursery.cancel_scope.cancel()
+                    return
+
+        nursery.start_soon(watch)
+        await body()
+        nursery.cancel_scope.cancel()
+    return interrupted
+
+
+def run(prog: str, fn: Callable[[], Awaitable[int]]) -> int:
+    """Run an async CLI body under trio, mapping netdiag's errors to one line and exit 2."""
+    try:
+        return trio.run(fn)
+    except PrivilegeError as e:
+        fail(prog, str(e))
+    except (ResolveError, FamilyUnavailableError, UsageError) as e:
+        fail(prog, str(e))
+    except (ValueError, TypeError) as e:
+        fail(prog, str(e))
+    except KeyboardInterrupt:
+        return 130
+    except OSError as e:
+        fail(prog, e.strerror or str(e) if not e.filename else str(e))
+
+
+_COMMANDS = {
+    "ping": "netdiag.ping.__main__",
+    "trace": "netdiag.trace.__main__",
+    "knock": "netdiag.knock.__main__",
+    "doctor": "netdiag.doctor",
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``netdiag ping|trace|knock|doctor ...``: the same tools as ``python -m netdiag.X``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print("usage: netdiag {" + ",".join(_COMMANDS) + "} [options] ...")
+        return EXIT_OK if args else EXIT_USAGE
+    cmd = args.pop(0)
+    module = _COMMANDS.get(cmd)
+    if module is None:
+        fail("netdiag", f"unknown command {cmd!r}; choose from {', '.join(_COMMANDS)}")
+    try:
+        mod = importlib.import_module(module)
+    except ImportError:
+        fail("netdiag", f"{cmd} is not available in this version")
+    return int(mod.main(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""``python -m netdiag.ping``: iputils-style ping of one or more hosts over one Pinger.
+
+Flags follow iputils where they exist (``-c -i -W -s -t -Q -I -M -4 -6 -q``); ``--json`` prints
+one document with every result and the statistics, ``--csv`` prints ``ip,icmp_seq,
+elapsed_microseconds`` per reply (the Firezone ping challenge format). Several hosts are pinged
+concurrently; the exit status is 0 when every host answered at least once, 1 otherwise, 2 on
+usage or permission errors.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import trio
+
+from .. import cli
+from ..resolve import resolve
+from ..sock import IPAddress
+from . import Ping, Pinger, PingResult, PingStats
+
+PROG = "netdiag.ping"
+
+
+def parser() -> cli.Parser:
+    p = cli.Parser(prog=PROG, description="Send ICMP echo requests (like iputils ping).")
+    p.add_argument("hosts", nargs="+", metavar="host", help="host names or addresses")
+    p.add_argument(
+        "-c",
+        dest="count",
+        type=cli.int_range(1, 10**9, "count"),
+        default=4,
+        help="stop after COUNT requests (default 4)",
+    )
+    p.add_argument(
+        "-i",
+        dest="interval",
+        type=cli.seconds(0, 3600, "interval"),
+        default=1.0,
+        help="seconds between requests (default 1)",
+    )
+    p.add_argument(
+        "-W",
+        dest="timeout",
+        type=cli.seconds(0, 3600, "timeout", allow_zero=False),
+        default=2.0,
+        help="seconds to wait for each reply (default 2)",
+    )
+    p.add_argument(
+        "-s",
+        dest="size",
+        type=cli.int_range(0, 65507, "packet size"),
+        default=56,
+        help="payload bytes (default 56)",
+    )
+    p.add_argument("-t", dest="ttl", type=cli.int_range(1, 255, "ttl"), help="IP time to live")
+    p.add_argument(
+        "-Q", dest="tos", type=cli.int_range(0, 255, "tos"), help="type of service / traffic class"
+    )
+    p.add_argument(
+        "-M",
+        dest="pmtu",
+        choices=("do", "dont", "want"),
+        default="want",
+        help="path MTU discovery: do (never fragment), dont, want (kernel default)",
+    )
+    p.add_argument("-I", dest="source", help="source address or interface name")
+    fam = p.add_mutually_exclusive_group()
+    fam.add_argument("-4", dest="v4", action="store_true", help="use IPv4 only")
+    fam.add_argument("-6", dest="v6", action="store_true", help="use IPv6 only")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("-q", dest="quiet", action="store_true", help="print only the summary")
+    out.add_argument("--json", action="store_true", help="print one JSON document")
+    out.add_argument("--csv", action="store_true", help="print ip,icmp_seq,elapsed_microseconds")
+    return p
+
+
+@dataclass
+class HostRun:
+    """One host's ping: its results and stats, kept outside trio so Ctrl-C can summarise."""
+
+    host: str
+    addr: IPAddress
+    ping: Ping
+    results: list[PingResult] = field(default_factory=list)
+    stats: PingStats = field(default_factory=PingStats)
+    started: float = 0.0
+    ended: float = 0.0
+
+
+def _line(r: PingResult) -> str | None:
+    """The iputils line for one result (timeouts print nothing, as in iputils)."""
+    seq = f"icmp_seq={r.seq}"
+    if r.kind == "reply":
+        rtt = f" time={cli.fmt_ms(r.rtt)} ms" if r.rtt is not None else ""
+        ttl = f" ttl={r.ttl}" if r.ttl is not None else ""
+        tail = " (DUP!)" if r.duplicate else " (late)" if r.late else ""
+        return f"{r.size} bytes from {r.responder}: {seq}{ttl}{rtt}{tail}"
+    if r.kind == "error" and r.error is not None:
+        who = f"From {r.responder} " if r.responder else ""
+        return f"{who}{seq} {r.error.text}"
+    return None
+
+
+def _summary(run: HostRun) -> list[str]:
+    s = run.stats
+    elapsed = max(run.ended - run.started, 0.0) * 1000
+    parts = [f"{s.sent} packets transmitted", f"{s.received} received"]
+    if s.duplicates:
+        parts.append(f"+{s.duplicates} duplicates")
+    if s.errors:
+        parts.append(f"+{s.errors} errors")
+    loss = s.loss * 100
+    parts.append(f"{loss:g}% packet loss")
+    parts.append(f"time {elapsed:.0f}ms")
+    lines = [f"--- {run.host} ping statistics ---", ", ".join(parts)]
+    r = s.rtt
+    if r.count:
+        vals = "/".join(f"{v * 1000:.3f}" for v in (r.min, r.avg, r.max, r.mdev))  # type: ignore[operator]
+        lines.append(f"rtt min/avg/max/mdev = {vals} ms")
+    return lines
+
+
+def _header(run: HostRun) -> str:
+    p = run.ping
+    if run.addr.version == 6:
+        return f"PING {run.host}({run.addr}) {p.size} data bytes"
+    return f"PING {run.host} ({run.addr}) {p.size}({p.size + 28}) bytes of data."
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    version = 4 if args.v4 else 6 if args.v6 else None
+    bind = cli.bind_for(args.source)
+    df = {"do": True, "dont": False, "want": None}[args.pmtu]
+    text = not (args.json or args.csv)
+
+    async def body() -> int:
+        # Resolve everything first: a bad host name aborts before a single packet leaves.
+        runs: list[HostRun] = []
+        for host in args.hosts:
+            addr = await resolve(host, version)
+            ping = Ping(
+                addr,
+                count=args.count,
+                interval=args.interval,
+                expiry=args.timeout,
+                size=args.size,
+                ttl=args.ttl,
+                tos=args.tos,
+                df=df,
+            )
+            runs.append(HostRun(host, addr, ping))
+        async with Pinger(bind) as pinger:
+            for run in runs:
+                pinger.prepare(run.ping)
+            cli.drop_privileges()
+
+            async def one(run: HostRun) -> None:
+                run.started = time.monotonic()
+                try:
+                    async for r in pinger.results(run.ping):
+                        run.results.append(r)
+                        run.stats.add(r)
+                        if args.csv and r.kind == "reply" and not r.duplicate and r.rtt is not None:
+                            print(f"{run.addr},{r.seq},{round(r.rtt * 1e6)}", flush=True)
+                        elif text and not args.quiet:
+                            line = _line(r)
+                            if line:
+                                print(line, flush=True)
+                finally:
+                    run.ended = time.monotonic()
+
+            async def all_hosts() -> None:
+                async with trio.open_nursery() as nursery:
+                    for run in runs:
+                        if text:
+                            print(_header(run), flush=True)
+                        nursery.start_soon(one, run)
+
+            await cli.until_interrupted(all_hosts)
+        if args.json:
+            cli.print_json(
+                {
+                    "pings": [
+                        {
+                            "host": run.host,
+                            "addr": str(run.addr),
+                            "results": [r.as_dict() for r in run.results],
+                            "stats": run.stats.as_dict(),
+                        }
+                        for run in runs
+                    ]
+                }
+            )
+        elif text:
+            for run in runs:
+                print()
+                print("\n".join(_summary(run)))
+        return cli.EXIT_OK if all(run.stats.received for run in runs) else cli.EXIT_FAIL
+
+    return cli.run(PROG, body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
