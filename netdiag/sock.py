@@ -31,7 +31,15 @@ import trio
 
 from .errors import FamilyUnavailableError, PrivilegeError
 
-__all__ = ["Bind", "IPAddress", "Packet", "RawSocket", "parse_address"]
+__all__ = [
+    "Bind",
+    "IPAddress",
+    "Packet",
+    "RawSocket",
+    "parse_address",
+    "reserve_tcp_port",
+    "route_source",
+]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -384,3 +392,41 @@ def _make_packet(
         port=addr[1],
         truncated=bool(flags & socket.MSG_TRUNC),
     )
+
+
+def route_source(dst: IPAddress, bind: Bind | None = None) -> IPAddress:
+    """The local address the kernel would send from to reach ``dst``.
+
+    Connecting a UDP socket sends nothing but makes the kernel do its route lookup (honouring
+    ``bind``'s address and interface); ``getsockname`` then tells the chosen source. Probes
+    whose checksum covers the source address (TCP, UDP) need it before the first packet leaves.
+    Raises ``OSError`` (ENETUNREACH, ...) when there is no route.
+    """
+    v6 = dst.version == 6
+    s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
+    with s:
+        if bind is not None and bind.device:
+            s.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, bind.device.encode())
+        addr = bind.for_family(v6) if bind is not None else None
+        if addr is not None:
+            s.bind((str(addr), 0))
+        s.connect((str(dst), 9))
+        return ipaddress.ip_address(s.getsockname()[0].split("%", 1)[0])
+
+
+def reserve_tcp_port(v6: bool) -> socket.socket:
+    """A TCP socket bound (never listening, never connected) to a port the kernel picked.
+
+    While it stays open the port is ours: ``bind(0)`` only hands out ports no other socket
+    holds, and the kernel's ``connect()`` never picks a bound port for its own connections.
+    Because the socket is in neither the listening nor the established table, the kernel still
+    answers segments for that port with a RST -- what a half-open prober needs. Close it to
+    release the port; it was never connected, so it leaves no TIME_WAIT behind.
+    """
+    s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.bind(("::" if v6 else "0.0.0.0", 0))
+    except BaseException:
+        s.close()
+        raise
+    return s

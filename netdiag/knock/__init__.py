@@ -1,0 +1,650 @@
+"""Half-open TCP knock: :class:`Knocker` measures TCP round trips without ever connecting.
+
+A knock sends a SYN that looks like a real client's (Linux's options: MSS, SACK-permitted,
+timestamps, window scale; a random initial sequence number per probe) and times what comes back:
+
+* a SYN-ACK acknowledging our SYN -- the port is **open**;
+* a RST acknowledging it -- the port is **closed**;
+* an ICMP error quoting it (unreachable, admin prohibited...) -- reported as that error;
+* nothing before ``expiry`` -- **filtered**.
+
+Why it stays half-open: the SYN is sent from a raw socket, so our own TCP stack has no connection
+for it. When the SYN-ACK arrives the kernel finds no socket in SYN-SENT, ESTABLISHED or LISTEN
+state for that port and answers with a RST, which makes the server drop the embryonic
+connection: the application behind the port never sees an ``accept()``.
+
+Why each probe binds a TCP socket: the source port must not collide with the kernel's own
+connections (their replies would be taken for ours, and ours would reset theirs) nor with other
+knocks. A normal TCP socket bound to port 0 gets a port the kernel guarantees nobody else holds,
+and holds it until closed; being bound but not listening or connected, it does not stop the
+kernel from resetting the SYN-ACK. See docs/knock.md.
+
+Read top to bottom like :mod:`netdiag.ping`: per-call state (:class:`_Session`) registers each
+probe's key ``(local address, source port, target, port)`` with the engine *before* sending,
+sends the bytes built by :mod:`netdiag.wire.tcp`, and turns what the engine hands back (see
+:mod:`netdiag.wire.knock` for the classification) into :class:`KnockResult` values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import math
+import random
+import socket
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import trio
+
+from ..engine import Engine, Lease
+from ..errors import FamilyUnavailableError, KeyInUseError
+from ..resolve import resolve
+from ..sock import (
+    DEFAULT_RCVBUF,
+    Bind,
+    IPAddress,
+    Packet,
+    RawSocket,
+    reserve_tcp_port,
+    route_source,
+)
+from ..stats import RttStats
+from ..wire.icmp import ErrorKind, IcmpError, Unreach
+from ..wire.knock import QuotedSyn, answers, classify_icmp, classify_tcp
+from ..wire.tcp import RST, build_syn, syn_options
+
+__all__ = ["Knock", "KnockError", "KnockResult", "KnockStats", "Knocker"]
+
+#: ICMP errors that can be about a SYN: unreachable, time exceeded, parameter problem.
+_ICMP_TYPES4 = (3, 11, 12)
+_ICMP_TYPES6 = (1, 3, 4)
+_TCP_CHECKSUM_OFFSET = 16
+
+Outcome = Literal["open", "closed", "filtered", "error"]
+
+
+@dataclass(frozen=True, slots=True)
+class Knock:
+    """What to knock on and how. Durations are seconds.
+
+    ``count`` SYNs go to ``addr`` port ``port``, one every ``interval`` seconds (on schedule,
+    whatever came back); each waits ``expiry`` seconds for its answer before it counts as
+    filtered.
+    """
+
+    addr: IPAddress | str
+    port: int
+    count: int = 4
+    interval: float = 1.0
+    expiry: float = 2.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.addr, str):
+            if not self.addr:
+                raise ValueError("Knock.addr must not be empty")
+        elif not isinstance(self.addr, ipaddress.IPv4Address | ipaddress.IPv6Address):
+            raise TypeError(f"Knock.addr must be an address or host name, not {self.addr!r}")
+        _check_int("port", self.port, 1, 65535)
+        _check_int("count", self.count, 1, 10**9)
+        _check_float("interval", self.interval, 0.0, 3600.0)
+        _check_float("expiry", self.expiry, 0.0, 3600.0, open_low=True)
+
+
+def _check_int(name: str, value: object, lo: int, hi: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, not {value!r}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be between {lo} and {hi}, got {value}")
+
+
+def _check_float(name: str, value: object, lo: float, hi: float, open_low: bool = False) -> None:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a number of seconds, not {value!r}")
+    if math.isnan(value) or value > hi or value < lo or (open_low and value == lo):
+        low = f"more than {lo}" if open_low else f"at least {lo}"
+        raise ValueError(f"{name} must be {low} and at most {hi} seconds, got {value}")
+
+
+@dataclass(frozen=True, slots=True)
+class KnockError:
+    """The ICMP error that came back instead of a TCP answer, or why the SYN was not sent.
+
+    ``kind`` is ``None`` for a local failure (no route, no free port...); then ``text`` says
+    why and ``type``/``code`` are -1. ``unreach`` is the normalised unreachable reason, e.g.
+    :attr:`Unreach.ADMIN` for a firewall's ``reject with icmp type admin-prohibited``.
+    """
+
+    kind: ErrorKind | None
+    type: int
+    code: int
+    text: str
+    unreach: Unreach | None = None
+
+    @property
+    def local(self) -> bool:
+        """True when the SYN never left: the error is ours, not the network's."""
+        return self.kind is None
+
+
+@dataclass(frozen=True, slots=True)
+class KnockResult:
+    """The outcome of one SYN, or a duplicate/late copy of an answer.
+
+    ``seq`` is the 0-based probe number (hping3's ``seq=``). ``kind`` is ``"open"``
+    (SYN-ACK), ``"closed"`` (RST), ``"filtered"`` (no answer before expiry) or ``"error"`` (an
+    ICMP error came back, or the SYN could not be sent; see ``error``). ``rtt`` is set for every
+    answer. ``responder`` is who answered (the target, or the router that sent the ICMP error);
+    ``ttl`` its TTL/hop limit; ``flags`` the TCP flags of a TCP answer; ``sport`` the source
+    port the SYN used. ``duplicate`` marks a second answer to the same SYN; ``late`` an answer
+    that came after the probe had been reported filtered (it does not change the counts).
+    """
+
+    seq: int
+    addr: IPAddress
+    port: int
+    kind: Outcome
+    rtt: float | None = None
+    responder: IPAddress | None = None
+    ttl: int | None = None
+    flags: int = 0
+    sport: int = 0
+    duplicate: bool = False
+    late: bool = False
+    error: KnockError | None = None
+
+    @property
+    def label(self) -> str:
+        """What hping3-like output prints: ``open``, ``closed (RST)``, ``filtered (timeout)``,
+        ``unreachable (admin-prohibited)``..."""
+        if self.kind == "open":
+            return "open"
+        if self.kind == "closed":
+            return "closed (RST)"
+        if self.kind == "filtered":
+            return "filtered (timeout)"
+        err = self.error
+        if err is None:
+            return "error"
+        if err.local:
+            return f"error ({err.text})"
+        if err.unreach is not None:
+            return f"unreachable ({err.unreach.label})"
+        return f"{err.kind.value if err.kind else 'error'} ({err.text})"
+
+    def as_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "seq": self.seq,
+            "addr": str(self.addr),
+            "port": self.port,
+            "kind": self.kind,
+            "rtt": self.rtt,
+            "responder": str(self.responder) if self.responder else None,
+            "ttl": self.ttl,
+            "flags": _flag_text(self.flags) if self.flags else None,
+            "sport": self.sport,
+            "duplicate": self.duplicate,
+            "late": self.late,
+        }
+        if self.error is not None:
+            d["error"] = {
+                "kind": self.error.kind.value if self.error.kind else None,
+                "type": self.error.type,
+                "code": self.error.code,
+                "text": self.error.text,
+                "unreach": self.error.unreach.label if self.error.unreach else None,
+            }
+        return d
+
+
+def _flag_text(flags: int) -> str:
+    """hping3's flag letters: ``SA`` for a SYN-ACK, ``RA`` for a RST-ACK."""
+    return "".join(c for bit, c in ((1, "F"), (2, "S"), (4, "R"), (8, "P"), (16, "A")) if flags & bit)
+
+
+@dataclass(slots=True)
+class KnockStats:
+    """The summary of one knock: Pinger's statistics plus the outcome counts.
+
+    ``sent`` counts SYNs that left; ``open``, ``closed``, ``filtered`` and ``errors`` (ICMP
+    errors) partition them; ``received = open + closed + errors``. ``rtt`` covers every
+    answered probe (SYN-ACK, RST or ICMP error), as hping3's summary does.
+    """
+
+    sent: int = 0
+    open: int = 0
+    closed: int = 0
+    filtered: int = 0
+    errors: int = 0
+    duplicates: int = 0
+    late: int = 0
+    rtt: RttStats = field(default_factory=RttStats)
+
+    def add(self, r: KnockResult) -> None:
+        """Account for one result, as yielded by :meth:`Knocker.results`."""
+        if r.duplicate:
+            self.duplicates += 1
+            return
+        if r.late:
+            self.late += 1
+            return
+        if r.error is not None and r.error.local:
+            return
+        self.sent += 1
+        if r.kind == "open":
+            self.open += 1
+        elif r.kind == "closed":
+            self.closed += 1
+        elif r.kind == "filtered":
+            self.filtered += 1
+        else:
+            self.errors += 1
+        if r.rtt is not None:
+            self.rtt.add(r.rtt)
+
+    @classmethod
+    def of(cls, results: list[KnockResult]) -> KnockStats:
+        s = cls()
+        for r in results:
+            s.add(r)
+        return s
+
+    @property
+    def received(self) -> int:
+        return self.open + self.closed + self.errors
+
+    @property
+    def loss(self) -> float:
+        """The share of SYNs nothing answered (``filtered / sent``)."""
+        return self.filtered / self.sent if self.sent else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "sent": self.sent,
+            "open": self.open,
+            "closed": self.closed,
+            "filtered": self.filtered,
+            "errors": self.errors,
+            "received": self.received,
+            "duplicates": self.duplicates,
+            "late": self.late,
+            "loss": self.loss,
+            **self.rtt.as_dict(),
+        }
+
+
+class _Family:
+    """One family's raw TCP socket (send SYNs, hear SYN-ACKs and RSTs) and whether its raw
+    ICMP socket (hear errors about our SYNs) could be opened."""
+
+    def __init__(self, tcp: RawSocket, v6: bool) -> None:
+        self.tcp = tcp
+        self.v6 = v6
+        self.icmp: RawSocket | BaseException | None = None
+
+
+class _Probe:
+    __slots__ = ("answered", "deadline", "isn", "port_sock", "seq", "sent_ns", "sport")
+
+    def __init__(self, seq: int, isn: int, sport: int, port_sock: socket.socket) -> None:
+        self.seq = seq
+        self.isn = isn
+        self.sport = sport
+        self.port_sock: socket.socket | None = port_sock
+        self.sent_ns = 0
+        self.deadline = 0.0
+        self.answered = False
+
+
+class _Session:
+    """The state of one :meth:`Knocker.results` call; the engine's sink for its probes."""
+
+    def __init__(self, knocker: Knocker, knock: Knock, target: IPAddress, fam: _Family) -> None:
+        self.knocker = knocker
+        self.knock = knock
+        self.target = target
+        self.packed = target.packed
+        self.fam = fam
+        self.events: deque[KnockResult] = deque()
+        self.live: deque[tuple[Lease, _Probe]] = deque()
+        self.outstanding = 0
+        self.done_sending = False
+        self.failure: BaseException | None = None
+        self._wake: trio.Event | None = None
+        self._scope: trio.CancelScope | None = None
+
+    # -- engine sink -----------------------------------------------------------------------
+
+    def on_event(self, lease: Lease, event: Any, packet: Packet) -> None:
+        probe: _Probe = lease.probe
+        if not answers(event, probe.isn):
+            # Right ports, wrong sequence: a stale answer to an earlier SYN on this 4-tuple, or
+            # someone else's traffic. Never ours.
+            self.knocker.foreign += 1
+            return
+        rtt = max(packet.stamp_ns - probe.sent_ns, 0) / 1e9 if probe.sent_ns else None
+        responder = ipaddress.ip_address(packet.src)
+        k = self.knock
+        if isinstance(event, QuotedSyn):
+            err = _knock_error(event.error)
+            base = KnockResult(
+                probe.seq, self.target, k.port, "error", rtt, responder, packet.ttl,
+                sport=probe.sport, error=err,
+            )  # fmt: skip
+        else:
+            kind: Outcome = "closed" if event.flags & RST else "open"
+            base = KnockResult(
+                probe.seq, self.target, k.port, kind, rtt, responder, packet.ttl,
+                flags=event.flags, sport=probe.sport,
+            )  # fmt: skip
+        if lease.expired:
+            self._push(dataclasses.replace(base, late=True))
+        elif probe.answered:
+            self._push(dataclasses.replace(base, duplicate=True))
+        else:
+            probe.answered = True
+            lease.finish()
+            self.outstanding -= 1
+            self._push(base)
+
+    def on_expire(self, lease: Lease) -> None:
+        probe: _Probe = lease.probe
+        self.outstanding -= 1
+        self._push(
+            KnockResult(probe.seq, self.target, self.knock.port, "filtered", sport=probe.sport)
+        )
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _push(self, r: KnockResult) -> None:
+        self.events.append(r)
+        if self._wake is not None:
+            self._wake.set()
+
+    @property
+    def finished(self) -> bool:
+        return self.done_sending and self.outstanding == 0 and not self.events
+
+    async def wait(self) -> None:
+        self._wake = trio.Event()
+        if self.events or (self.done_sending and self.outstanding == 0) or self.failure:
+            return
+        await self._wake.wait()
+
+    async def run_sender(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.CancelScope() as scope:
+            self._scope = scope
+            task_status.started()
+            try:
+                await self._send_all()
+            except Exception as e:  # never let one knock take down the Knocker's nursery
+                self.failure = e
+            finally:
+                self.done_sending = True
+                if self._wake is not None:
+                    self._wake.set()
+
+    def _local_failure(self, seq: int, text: str, sport: int = 0) -> None:
+        err = KnockError(None, -1, -1, text)
+        self._push(KnockResult(seq, self.target, self.knock.port, "error", sport=sport, error=err))
+
+    async def _send_all(self) -> None:
+        k = self.knock
+        knocker = self.knocker
+        engine = knocker._engine
+        v6 = self.fam.v6
+        sock = self.fam.tcp
+        dst = str(self.target)
+        try:
+            local = knocker._source(self.target)
+        except OSError as e:
+            # No route: every probe fails locally, the way sendmsg would have failed.
+            for i in range(k.count):
+                self._local_failure(i, e.strerror or str(e))
+            return
+        lpacked = local.packed
+        # IPv6: the kernel fills the checksum (IPV6_CHECKSUM) and IPV6_PKTINFO pins the source
+        # it covers. IPv4: we compute it over the pseudo-header with the route's source address,
+        # which is the address the kernel will put in the IP header it builds.
+        anc = sock.ancillary(src=lpacked) if v6 else []
+        expiry = k.expiry
+        start = trio.current_time()
+        getrandbits = random.getrandbits
+        ts_base = knocker._ts_offset
+        for i in range(k.count):
+            if i:
+                await trio.sleep_until(start + i * k.interval)
+            self._release_old(trio.current_time())
+            try:
+                port_sock = reserve_tcp_port(v6)
+                sport = port_sock.getsockname()[1]
+            except OSError as e:
+                self._local_failure(i, f"no free source port: {e.strerror or e}")
+                continue
+            isn = getrandbits(32)
+            tsval = (ts_base + time.monotonic_ns() // 1_000_000) & 0xFFFFFFFF
+            data = build_syn(
+                lpacked, self.packed, sport, k.port, isn,
+                options=syn_options(v6, tsval), checksum_field=not v6,
+            )  # fmt: skip
+            probe = _Probe(i, isn, sport, port_sock)
+            try:
+                lease = engine.register((lpacked, sport, self.packed, k.port), self, expiry, probe)
+            except KeyInUseError:  # only if another engine's raw socket shares our port
+                port_sock.close()
+                self._local_failure(i, "source port still in flight", sport)
+                continue
+            self.live.append((lease, probe))
+            self.outstanding += 1
+            probe.deadline = trio.current_time() + expiry
+            try:
+                probe.sent_ns = await sock.send(data, dst, anc)
+            except OSError as e:
+                self._drop(lease, probe)
+                self.live.pop()
+                self.outstanding -= 1
+                self._local_failure(i, e.strerror or str(e), sport)
+            else:
+                knocker.sent += 1
+
+    def _release_old(self, now: float) -> None:
+        """Forget probes resolved long enough ago that no answer can matter: keeps memory and
+        reserved ports bounded on a knock that runs for days. A probe is kept one extra
+        ``expiry`` past its deadline so late answers are still recognised as late."""
+        grace = self.knock.expiry
+        live = self.live
+        while live and live[0][1].deadline + grace < now:
+            lease, probe = live[0]
+            if lease.active and not probe.answered:
+                break  # not resolved yet (the expiry task has not run): keep it
+            live.popleft()
+            self._drop(lease, probe)
+
+    @staticmethod
+    def _drop(lease: Lease, probe: _Probe) -> None:
+        lease.release()
+        if probe.port_sock is not None:
+            probe.port_sock.close()
+            probe.port_sock = None
+
+    def close(self) -> None:
+        if self._scope is not None:
+            self._scope.cancel()
+        for lease, probe in self.live:
+            self._drop(lease, probe)
+        self.live.clear()
+
+
+_TEXT = {
+    ErrorKind.TIME_EXCEEDED: "Time to live exceeded",
+    ErrorKind.PACKET_TOO_BIG: "Packet too big",
+    ErrorKind.PARAMETER_PROBLEM: "Parameter problem",
+    ErrorKind.SOURCE_QUENCH: "Source quench",
+    ErrorKind.REDIRECT: "Redirect",
+}
+
+
+def _knock_error(e: IcmpError) -> KnockError:
+    if e.kind is ErrorKind.UNREACHABLE and e.unreach is not None:
+        text = f"Destination unreachable ({e.unreach.label})"
+    else:
+        text = _TEXT.get(e.kind, e.kind.value)
+    return KnockError(e.kind, e.type, e.code, text, e.unreach)
+
+
+class Knocker:
+    """Knock on many (host, port) pairs concurrently over one raw TCP socket per family.
+
+    Each family also gets a raw ICMP socket to hear errors quoting our SYNs. Use it as an async
+    context manager: entering opens the sockets and starts the receive loops; leaving cancels
+    every knock still running and closes the sockets. A family that cannot be opened (no IPv6
+    on the host) does not stop the other: knocking it raises :class:`FamilyUnavailableError`.
+    Missing privileges raise :class:`~netdiag.errors.PrivilegeError` on entry.
+    """
+
+    def __init__(self, bind: Bind | None = None, *, rcvbuf: int = DEFAULT_RCVBUF) -> None:
+        if bind is not None and not isinstance(bind, Bind):
+            raise TypeError(f"bind must be a netdiag.Bind, not {bind!r}")
+        self.bind = bind or Bind()
+        self.rcvbuf = rcvbuf
+        self._engine = Engine()
+        self._families: dict[bool, _Family | BaseException] = {}
+        self._ts_offset = random.getrandbits(32)
+        #: Answers on a probe's ports that did not acknowledge its SYN (stale or foreign).
+        self.foreign = 0
+        #: SYNs sent by this Knocker so far.
+        self.sent = 0
+
+    async def __aenter__(self) -> Knocker:
+        await self._engine.__aenter__()
+        try:
+            self._open()
+        except BaseException:
+            await self._engine.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(self, *exc: Any) -> bool | None:
+        return await self._engine.__aexit__(*exc)
+
+    def _open(self) -> None:
+        errors: list[BaseException] = []
+        for v6 in (False, True):
+            try:
+                tcp = RawSocket(
+                    v6,
+                    socket.IPPROTO_TCP,
+                    self.bind,
+                    rcvbuf=self.rcvbuf,
+                    checksum_offset=_TCP_CHECKSUM_OFFSET if v6 else None,
+                )
+            except (FamilyUnavailableError, OSError) as e:
+                if isinstance(e, PermissionError):
+                    raise
+                self._families[v6] = e
+                errors.append(e)
+                continue
+            fam = _Family(tcp, v6)
+            self._families[v6] = fam
+            self._engine.add_socket(tcp, _tcp_classifier(v6))
+            try:
+                icmp = RawSocket(
+                    v6,
+                    socket.IPPROTO_ICMPV6 if v6 else socket.IPPROTO_ICMP,
+                    self.bind,
+                    icmp_types=_ICMP_TYPES6 if v6 else _ICMP_TYPES4,
+                    rcvbuf=self.rcvbuf,
+                )
+            except OSError as e:
+                # Without it knocks still work; ICMP-refused probes then show as filtered.
+                fam.icmp = e
+                continue
+            fam.icmp = icmp
+            self._engine.add_socket(icmp, _icmp_classifier(v6))
+        if len(errors) == 2:
+            raise errors[0]
+
+    def _family(self, v6: bool) -> _Family:
+        fam = self._families.get(v6)
+        if isinstance(fam, _Family):
+            return fam
+        if fam is None:
+            raise RuntimeError("use the Knocker inside `async with Knocker() as knocker:`")
+        raise FamilyUnavailableError(f"IPv{6 if v6 else 4} unavailable: {fam}")
+
+    def _source(self, target: IPAddress) -> IPAddress:
+        """Our address towards ``target``: the bound one, or what the kernel's route picks."""
+        bound = self.bind.for_family(target.version == 6)
+        if bound is not None:
+            return bound
+        return route_source(target, self.bind)
+
+    @property
+    def engine(self) -> Engine:
+        """The engine (demux table, counters) behind this Knocker, for introspection."""
+        return self._engine
+
+    def reserved_ports(self) -> set[tuple[int, int]]:
+        """``(IP version, port)`` of every source port a live probe holds right now."""
+        out: set[tuple[int, int]] = set()
+        for lease in self._engine.table.values():
+            probe = lease.probe
+            if isinstance(probe, _Probe) and probe.port_sock is not None:
+                out.add((6 if probe.port_sock.family == socket.AF_INET6 else 4, probe.sport))
+        return out
+
+    async def results(self, knock: Knock) -> AsyncIterator[KnockResult]:
+        """Knock and yield every outcome as it happens: open/closed answers (in arrival order),
+        ICMP errors, filtered probes, duplicates and late answers. Ends when every probe is
+        resolved."""
+        if not isinstance(knock, Knock):
+            raise TypeError(f"expected a netdiag.Knock, got {knock!r}")
+        target = await resolve(knock.addr)
+        fam = self._family(target.version == 6)
+        session = _Session(self, knock, target, fam)
+        try:
+            await self._engine.nursery.start(session.run_sender)
+            while True:
+                while session.events:
+                    yield session.events.popleft()
+                if session.failure is not None:
+                    raise session.failure
+                if session.finished:
+                    return
+                await session.wait()
+        finally:
+            session.close()
+
+    async def knock(self, knock: Knock) -> AsyncIterator[float | None]:
+        """Yield, in probe order, each SYN's RTT in seconds if the port answered open
+        (SYN-ACK), else ``None`` (closed, filtered or refused; :meth:`results` tells which)."""
+        pending: dict[int, float | None] = {}
+        nxt = 0
+        async for r in self.results(knock):
+            if r.duplicate or r.late:
+                continue
+            pending[r.seq] = r.rtt if r.kind == "open" else None
+            while nxt in pending:
+                yield pending.pop(nxt)
+                nxt += 1
+
+    async def collect(self, knock: Knock) -> list[KnockResult]:
+        """Run a whole knock and return every result; see :meth:`KnockStats.of`."""
+        return [r async for r in self.results(knock)]
+
+
+def _tcp_classifier(v6: bool):  # type: ignore[no-untyped-def]
+    def classify(pkt: Packet) -> Any:
+        return classify_tcp(pkt.data, v6, pkt.src, pkt.dst)
+
+    return classify
+
+
+def _icmp_classifier(v6: bool):  # type: ignore[no-untyped-def]
+    def classify(pkt: Packet) -> Any:
+        return classify_icmp(pkt.data, v6)
+
+    return classify
