@@ -60,6 +60,35 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         fail(self.prog, f"{message} (see --help)")
 
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: Any = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        # `-i -1` must say "interval must be >= 0", not "expected one argument": argparse
+        # takes "-1" for an option because -4/-6 exist. Glue negative numbers to the option
+        # that takes them ("-i-1"), which argparse reads as a value.
+        argv = list(sys.argv[1:] if args is None else args)
+        out: list[str] = []
+        i = 0
+        while i < len(argv):
+            tok = argv[i]
+            action = self._option_string_actions.get(tok)
+            nxt = argv[i + 1] if i + 1 < len(argv) else None
+            if (
+                action is not None
+                and action.nargs is None
+                and action.type is not None
+                and nxt is not None
+                and len(nxt) > 1
+                and nxt[0] == "-"
+                and (nxt[1].isdigit() or nxt[1] == ".")
+            ):
+                out.append(f"{tok}={nxt}" if tok.startswith("--") else tok + nxt)
+                i += 2
+                continue
+            out.append(tok)
+            i += 1
+        return super().parse_known_args(out, namespace)
+
 
 def int_range(lo: int, hi: int, name: str = "value") -> Callable[[str], int]:
     """An argparse type: an integer in ``[lo, hi]``; accepts 0x.. like iputils' ``-Q``."""
