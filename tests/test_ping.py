@@ -12,7 +12,7 @@ import trio
 import trio.testing
 
 from netdiag import FamilyUnavailableError, Ping, Pinger, PingStats
-from netdiag.ping import PingResult, _Probe, _Session
+from netdiag.ping import PingResult, _Probe, _Session, _Target
 from netdiag.sock import Packet
 from netdiag.wire.icmp import Echo
 
@@ -160,9 +160,12 @@ class _FakeLease:
         self.finished += 1
 
 
-def _session() -> _Session:
-    pinger = Pinger()
-    return _Session(pinger, Ping("127.0.0.1", count=1), ipaddress.ip_address("127.0.0.1"), None)  # type: ignore[arg-type]
+LOOPBACK = ipaddress.IPv4Address("127.0.0.1")
+
+
+def _session() -> tuple[_Session, _Target]:
+    s = _Session(Pinger(), Ping(LOOPBACK, count=1))
+    return s, _Target(LOOPBACK, None, None, [], 7)  # type: ignore[arg-type]
 
 
 def _packet(stamp: int) -> Packet:
@@ -170,13 +173,13 @@ def _packet(stamp: int) -> Packet:
 
 
 def test_duplicates_and_forgeries_are_told_apart() -> None:
-    s = _session()
-    probe = _Probe(1, b"token123")
+    s, target = _session()
+    probe = _Probe(target, 1, b"token123")
     probe.sent_ns = 1_000_000
     s.outstanding = 1
     lease = _FakeLease(probe)
-    good = Echo(True, s.ident, 1, b"token123" + bytes(48), 0)
-    forged = Echo(True, s.ident, 1, b"forged!!" + bytes(48), 0)
+    good = Echo(True, 7, 1, b"token123" + bytes(48), 0)
+    forged = Echo(True, 7, 1, b"forged!!" + bytes(48), 0)
     s.on_event(lease, forged, _packet(1_500_000))  # type: ignore[arg-type]
     assert not s.events and s.pinger.foreign == 1
     s.on_event(lease, good, _packet(2_000_000))  # type: ignore[arg-type]
@@ -190,13 +193,13 @@ def test_duplicates_and_forgeries_are_told_apart() -> None:
 
 
 def test_late_reply_is_not_counted_as_received() -> None:
-    s = _session()
-    probe = _Probe(1, b"token123")
+    s, target = _session()
+    probe = _Probe(target, 1, b"token123")
     probe.sent_ns = 1
     lease = _FakeLease(probe)
     s.on_expire(lease)  # type: ignore[arg-type]
     lease.expired = True
-    s.on_event(lease, Echo(True, s.ident, 1, b"token123", 0), _packet(5))  # type: ignore[arg-type]
+    s.on_event(lease, Echo(True, 7, 1, b"token123", 0), _packet(5))  # type: ignore[arg-type]
     timeout, late = s.events
     assert timeout.kind == "timeout" and late.late
     stats = PingStats.of([timeout, late])

@@ -16,7 +16,7 @@ import math
 import random
 import socket
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -234,10 +234,26 @@ class _Family:
         self.df_socks: dict[bool, RawSocket] = {}
 
 
-class _Probe:
-    __slots__ = ("answered", "sent_ns", "seq", "token")
+class _Target:
+    """One destination of a session: its address, socket, identifier and ancillary data."""
 
-    def __init__(self, seq: int, token: bytes) -> None:
+    __slots__ = ("addr", "anc", "dst", "fam", "ident", "packed", "sock")
+
+    def __init__(self, addr: IPAddress, fam: _Family, sock: RawSocket, anc: list, ident: int):
+        self.addr = addr
+        self.packed = addr.packed
+        self.dst = str(addr)
+        self.fam = fam
+        self.sock = sock
+        self.anc = anc
+        self.ident = ident
+
+
+class _Probe:
+    __slots__ = ("answered", "sent_ns", "seq", "target", "token")
+
+    def __init__(self, target: _Target, seq: int, token: bytes) -> None:
+        self.target = target
         self.seq = seq
         self.token = token
         self.sent_ns = 0
@@ -245,14 +261,18 @@ class _Probe:
 
 
 class _Session:
-    """The state of one :meth:`Pinger.results` call; the engine's sink for its probes."""
+    """The state of one :meth:`Pinger.results` or :meth:`Pinger.sweep` call: one sender task,
+    any number of targets, and the engine's sink for all their probes.
 
-    def __init__(self, pinger: Pinger, ping: Ping, target: IPAddress, fam: _Family) -> None:
+    Round ``i`` of requests starts at ``start + i * interval``; within a round, requests to the
+    targets leave back to back, or paced at ``rate`` per second when given.
+    """
+
+    def __init__(self, pinger: Pinger, ping: Ping, rate: float | None = None) -> None:
         self.pinger = pinger
         self.ping = ping
-        self.target = target
-        self.packed = target.packed
-        self.fam = fam
+        self.rate = rate
+        self.targets: list[_Target] = []
         self.events: deque[PingResult] = deque()
         self.leases: deque[Lease] = deque()
         self.outstanding = 0
@@ -260,7 +280,14 @@ class _Session:
         self.failure: BaseException | None = None
         self._wake: trio.Event | None = None
         self._scope: trio.CancelScope | None = None
-        self.ident = pinger._allocate_ident(self.packed)
+
+    def add_target(self, addr: IPAddress) -> None:
+        pinger, ping = self.pinger, self.ping
+        fam = pinger._family(addr.version == 6)
+        sock = fam.sock if ping.df is None else pinger._df_socket(fam, ping.df)
+        anc = sock.ancillary(ttl=ping.ttl, tos=ping.tos, dontfrag=ping.df if fam.v6 else None)
+        ident = pinger._allocate_ident(addr.packed)
+        self.targets.append(_Target(addr, fam, sock, anc, ident))
 
     # -- engine sink -----------------------------------------------------------------------
 
@@ -269,15 +296,17 @@ class _Session:
         if not token_matches(event, probe.token):
             self.pinger.foreign += 1
             return
+        target = probe.target
         rtt = max(packet.stamp_ns - probe.sent_ns, 0) / 1e9 if probe.sent_ns else None
-        responder = ipaddress.ip_address(packet.src)
         if isinstance(event, Echo):
+            # The key holds the source address, so the responder is the target itself.
             size = 8 + len(event.payload)
-            base = PingResult(probe.seq, self.target, "reply", rtt, responder, packet.ttl, size)
+            base = PingResult(probe.seq, target.addr, "reply", rtt, target.addr, packet.ttl, size)
         else:
+            responder = ipaddress.ip_address(packet.src)
             err = _ping_error(event)
             base = PingResult(
-                probe.seq, self.target, "error", rtt, responder, packet.ttl, 0, error=err
+                probe.seq, target.addr, "error", rtt, responder, packet.ttl, 0, error=err
             )
         if lease.expired:
             self._push(_replace(base, late=True))
@@ -292,7 +321,7 @@ class _Session:
     def on_expire(self, lease: Lease) -> None:
         probe: _Probe = lease.probe
         self.outstanding -= 1
-        self._push(PingResult(probe.seq, self.target, "timeout"))
+        self._push(PingResult(probe.seq, probe.target.addr, "timeout"))
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -327,49 +356,59 @@ class _Session:
     async def _send_all(self) -> None:
         ping = self.ping
         engine = self.pinger._engine
-        sock = self.fam.sock
-        if ping.df is not None:
-            sock = self.pinger._df_socket(self.fam, ping.df)
-        anc = sock.ancillary(
-            ttl=ping.ttl,
-            tos=ping.tos,
-            dontfrag=ping.df if self.fam.v6 else None,
-        )
+        register = engine.register
         fill = echo_payload(b"\x00" * TOKEN_LEN, ping.size)
-        dst = str(self.target)
-        v6 = self.fam.v6
-        grace = 2 * ping.expiry
-        start = trio.current_time()
+        tlen = min(TOKEN_LEN, ping.size)
+        expiry = ping.expiry
+        grace = 2 * expiry
+        gap = 1.0 / self.rate if self.rate else 0.0
         getrandbits = random.getrandbits
+        leases = self.leases
+        start = trio.current_time()
+        next_send = start
+        unyielded = 0
         for i in range(ping.count):
-            due = start + i * ping.interval
             if i:
-                await trio.sleep_until(due)
+                await trio.sleep_until(start + i * ping.interval)
+                next_send = max(next_send, trio.current_time())
             seq = i + 1
             wire_seq = seq & 0xFFFF
-            token = getrandbits(64).to_bytes(TOKEN_LEN, "big")[: ping.size]
-            payload = token + fill[len(token) :]
-            data = build_echo(self.ident, wire_seq, payload, v6)
-            probe = _Probe(seq, token)
-            key = (self.packed, self.ident, wire_seq)
-            try:
-                lease = engine.register(key, self, ping.expiry, probe)
-            except KeyInUseError:
-                self._push(_send_failure(seq, self.target, "sequence number still in flight"))
-                continue
-            self.leases.append(lease)
-            self.outstanding += 1
-            try:
-                probe.sent_ns = await sock.send(data, dst, anc)
-            except OSError as e:
-                lease.release()
-                self.outstanding -= 1
-                self._push(_send_failure(seq, self.target, e.strerror or str(e)))
+            for target in self.targets:
+                if gap:
+                    next_send += gap
+                    if next_send - trio.current_time() > 0.001:
+                        await trio.sleep_until(next_send)
+                        unyielded = 0
+                elif unyielded >= 64:
+                    # Back to back: let the receive loops drain replies every so often.
+                    await trio.lowlevel.checkpoint()
+                    unyielded = 0
+                unyielded += 1
+                token = getrandbits(64).to_bytes(8, "big")[:tlen]
+                probe = _Probe(target, seq, token)
+                try:
+                    lease = register((target.packed, target.ident, wire_seq), self, expiry, probe)
+                except KeyInUseError:
+                    self._push(_send_failure(seq, target.addr, "sequence number still in flight"))
+                    continue
+                leases.append(lease)
+                self.outstanding += 1
+                data = build_echo(target.ident, wire_seq, token + fill[tlen:], target.fam.v6)
+                try:
+                    try:
+                        probe.sent_ns = target.sock.send_nowait(data, target.dst, target.anc)
+                    except BlockingIOError:
+                        probe.sent_ns = await target.sock.send(data, target.dst, target.anc)
+                        unyielded = 0
+                except OSError as e:
+                    lease.release()
+                    self.outstanding -= 1
+                    self._push(_send_failure(seq, target.addr, e.strerror or str(e)))
             # Forget probes old enough that no reply can matter any more: memory stays bounded
             # on a ping that runs for days.
             now = trio.current_time()
-            while self.leases and self.leases[0].deadline + grace < now:
-                self.leases.popleft().release()
+            while leases and leases[0].deadline + grace < now:
+                leases.popleft().release()
 
     def close(self) -> None:
         if self._scope is not None:
@@ -377,7 +416,8 @@ class _Session:
         for lease in self.leases:
             lease.release()
         self.leases.clear()
-        self.pinger._release_ident(self.packed, self.ident)
+        for t in self.targets:
+            self.pinger._release_ident(t.packed, t.ident)
 
 
 def _replace(r: PingResult, **kw: Any) -> PingResult:
@@ -517,9 +557,47 @@ class Pinger:
         ICMP errors, duplicates and late replies. Ends when every request is resolved."""
         if not isinstance(ping, Ping):
             raise TypeError(f"expected a netdiag.Ping, got {ping!r}")
-        target = await resolve(ping.addr)
-        fam = self._family(target.version == 6)
-        session = _Session(self, ping, target, fam)
+        session = _Session(self, ping)
+        session.add_target(await resolve(ping.addr))
+        async for r in self._run(session):
+            yield r
+
+    async def sweep(
+        self,
+        targets: Iterable[IPAddress | str],
+        *,
+        count: int = 1,
+        interval: float = 1.0,
+        expiry: float = 2.0,
+        size: int = 56,
+        ttl: int | None = None,
+        tos: int | None = None,
+        df: bool | None = None,
+        rate: float | None = None,
+    ) -> AsyncIterator[PingResult]:
+        """Ping many targets from one sender task, fping style; yield results as they come.
+
+        Round ``i`` sends one request to every target, starting ``i * interval`` after the
+        first; ``rate`` caps requests per second across all targets (default: as fast as the
+        socket takes them). This is the path for thousands of targets: no task per target.
+        """
+        if rate is not None:
+            _check_float("rate", rate, 0.0, 1e7, open_low=True)
+        addrs = [await resolve(t) for t in targets]
+        if not addrs:
+            raise ValueError("sweep needs at least one target")
+        ping = Ping(addrs[0], count, interval, expiry, size, ttl, tos, df)
+        session = _Session(self, ping, rate)
+        try:
+            for a in addrs:
+                session.add_target(a)
+        except BaseException:
+            session.close()
+            raise
+        async for r in self._run(session):
+            yield r
+
+    async def _run(self, session: _Session) -> AsyncIterator[PingResult]:
         try:
             await self._engine.nursery.start(session.run_sender)
             while True:
