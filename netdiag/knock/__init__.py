@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import math
+import os
 import random
 import socket
 import time
@@ -202,7 +203,10 @@ class KnockResult:
 
 def _flag_text(flags: int) -> str:
     """hping3's flag letters: ``SA`` for a SYN-ACK, ``RA`` for a RST-ACK."""
-    return "".join(c for bit, c in ((1, "F"), (2, "S"), (4, "R"), (8, "P"), (16, "A")) if flags & bit)
+    return "".join(c for bit, c in _FLAG_LETTERS if flags & bit)
+
+
+_FLAG_LETTERS = ((1, "F"), (2, "S"), (4, "R"), (8, "P"), (16, "A"))
 
 
 @dataclass(slots=True)
@@ -287,7 +291,7 @@ class _Family:
 
 
 class _Probe:
-    __slots__ = ("answered", "deadline", "isn", "port_sock", "seq", "sent_ns", "sport")
+    __slots__ = ("answered", "deadline", "isn", "port_sock", "sent_ns", "seq", "sport")
 
     def __init__(self, seq: int, isn: int, sport: int, port_sock: socket.socket) -> None:
         self.seq = seq
@@ -513,12 +517,14 @@ class Knocker:
         self._engine = Engine()
         self._families: dict[bool, _Family | BaseException] = {}
         self._ts_offset = random.getrandbits(32)
+        self._netns: tuple[int, int] | None = None
         #: Answers on a probe's ports that did not acknowledge its SYN (stale or foreign).
         self.foreign = 0
         #: SYNs sent by this Knocker so far.
         self.sent = 0
 
     async def __aenter__(self) -> Knocker:
+        self._netns = _netns()
         await self._engine.__aenter__()
         try:
             self._open()
@@ -604,6 +610,12 @@ class Knocker:
             raise TypeError(f"expected a netdiag.Knock, got {knock!r}")
         target = await resolve(knock.addr)
         fam = self._family(target.version == 6)
+        if _netns() != self._netns:
+            # Source discovery and port reservation open sockets per probe, in the current
+            # thread's namespace; they must be the raw sockets' namespace or nothing matches.
+            raise RuntimeError(
+                "the Knocker was opened in another network namespace: knock from that one"
+            )
         session = _Session(self, knock, target, fam)
         try:
             await self._engine.nursery.start(session.run_sender)
@@ -634,6 +646,15 @@ class Knocker:
     async def collect(self, knock: Knock) -> list[KnockResult]:
         """Run a whole knock and return every result; see :meth:`KnockStats.of`."""
         return [r async for r in self.results(knock)]
+
+
+def _netns() -> tuple[int, int] | None:
+    """The identity of this thread's network namespace (``None`` where /proc cannot say)."""
+    try:
+        st = os.stat("/proc/thread-self/ns/net")
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _tcp_classifier(v6: bool):  # type: ignore[no-untyped-def]
