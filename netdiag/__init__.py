@@ -15,6 +15,7 @@ from .errors import (
     PrivilegeError,
     ResolveError,
 )
+from .knock import Knock, Knocker, KnockError, KnockResult, KnockStats
 from .ping import Ping, Pinger, PingError, PingResult, PingStats
 from .resolve import resolve
 from .sock import Bind
@@ -26,6 +27,11 @@ __all__ = [
     "Bind",
     "FamilyUnavailableError",
     "KeyInUseError",
+    "Knock",
+    "KnockError",
+    "KnockResult",
+    "KnockStats",
+    "Knocker",
     "NetdiagError",
     "Ping",
     "PingError",
