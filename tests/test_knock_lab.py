@@ -132,6 +132,7 @@ async def test_knock_api_validation() -> None:
 
 # -- the lab ---------------------------------------------------------------------------------
 
+
 def dst_addr(lab: Lab, version: int) -> str:
     return str(lab.dst.addr(version))  # type: ignore[arg-type]
 
@@ -257,9 +258,7 @@ async def test_lab_admin_prohibited(clean_lab: Lab, version: int) -> None:
         lab.nft("dst", ruleset)
         with lab.enter("src"):
             async with Knocker() as knocker:
-                results = await knocker.collect(
-                    Knock(addr, 8083, count=3, interval=0.05, expiry=2)
-                )
+                results = await knocker.collect(Knock(addr, 8083, count=3, interval=0.05, expiry=2))
     finally:
         lab.nft_flush("dst")
     assert [r.kind for r in results] == ["error"] * 3
