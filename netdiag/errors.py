@@ -25,11 +25,12 @@ class PrivilegeError(NetdiagError, PermissionError):
     capability and every fix, because "Operation not permitted" alone sends users searching.
     """
 
-    def __init__(self, what: str = "raw sockets") -> None:
+    def __init__(self, what: str = "raw sockets", *, message: str | None = None) -> None:
         exe = os.path.realpath(sys.executable)
         super().__init__(
-            f"{what} need CAP_NET_RAW: run as root (sudo), or grant it to the interpreter with "
-            f"`sudo setcap cap_net_raw+ep {exe}`"
+            message
+            or f"{what} need CAP_NET_RAW: run as root (sudo), or grant it to the interpreter "
+            f"with `sudo setcap cap_net_raw+ep {exe}`"
         )
 
 

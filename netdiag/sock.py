@@ -33,6 +33,7 @@ from .errors import FamilyUnavailableError, PrivilegeError
 
 __all__ = [
     "Bind",
+    "ExtErr",
     "IPAddress",
     "Packet",
     "RawSocket",
@@ -67,6 +68,8 @@ ICMP_FILTER = 1
 ICMP6_FILTER = 1
 
 _TIMESPEC = struct.Struct("@qq")
+_EE = struct.Struct("@IBBBBII")  # struct sock_extended_err
+_RECVERR_CMSGS = {(socket.IPPROTO_IP, IP_RECVERR), (socket.IPPROTO_IPV6, IPV6_RECVERR)}
 _INT = struct.Struct("@i")
 _RECV_BUF = 65536 + 256
 _ANC_BUF = 512
@@ -147,6 +150,27 @@ class Packet:
     kernel_stamp: bool
     port: int = 0
     truncated: bool = False
+    err: ExtErr | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExtErr:
+    """An ICMP error the kernel queued on a datagram socket (IP_RECVERR / IPV6_RECVERR).
+
+    Datagram sockets (ICMP "ping" sockets, UDP) never see ICMP errors as packets; with RECVERR
+    the kernel parses the error and queues ``struct sock_extended_err`` plus the quoted
+    payload of our packet on the socket's error queue. ``origin`` is 2 (ICMP) or 3 (ICMPv6)
+    for errors from the network, 1 for local ones (EMSGSIZE ...). ``offender`` is the packed
+    address of the router or host that sent the error. The :class:`Packet` carrying it has
+    ``data`` = our packet's quoted payload and ``src``/``port`` = the original destination.
+    """
+
+    errno: int
+    origin: int
+    type: int
+    code: int
+    info: int
+    offender: bytes | None
 
 
 class RawSocket:
@@ -170,8 +194,10 @@ class RawSocket:
         hdrincl: bool = False,
         receive: bool = True,
         pmtudisc: int | None = None,
+        recverr: bool = False,
     ) -> None:
         self.v6 = v6
+        self.recverr = recverr
         self.proto = proto
         self.kind = kind
         family = socket.AF_INET6 if v6 else socket.AF_INET
@@ -192,6 +218,11 @@ class RawSocket:
         self.sock = sock
         try:
             self._setup(bind, icmp_types, rcvbuf, checksum_offset, hdrincl, receive, pmtudisc)
+            if recverr:
+                if v6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
+                else:
+                    sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
         except BaseException:
             sock.close()
             raise
@@ -329,6 +360,20 @@ class RawSocket:
         buf = bytearray(_RECV_BUF)
         recv = self.sock.recvmsg_into
         v6 = self.v6
+        if self.recverr:
+            # Drain the error queue first: while it holds anything, epoll keeps reporting
+            # EPOLLERR and a loop that only read data would spin.
+            for _ in range(limit):
+                try:
+                    n, anc, flags, addr = recv([buf], _ANC_BUF, socket.MSG_ERRQUEUE)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as e:
+                    return out, e
+                try:
+                    out.append(_make_packet(bytes(buf[:n]), anc, flags, addr, v6))
+                except (ValueError, struct.error, OSError):
+                    continue
         for _ in range(limit):
             try:
                 n, anc, flags, addr = recv([buf], _ANC_BUF)
@@ -364,10 +409,22 @@ def _make_packet(
     stamp = 0
     ttl: int | None = None
     dst: bytes | None = None
+    err: ExtErr | None = None
     for level, typ, cdata in anc:
         if level == socket.SOL_SOCKET and typ == SO_TIMESTAMPNS and len(cdata) >= 16:
             sec, nsec = _TIMESPEC.unpack_from(cdata)
             stamp = sec * 1_000_000_000 + nsec
+        elif (level, typ) in _RECVERR_CMSGS and len(cdata) >= 16:
+            e_errno, origin, etype, ecode, _pad, info, _data = _EE.unpack_from(cdata)
+            offender = None
+            rest = cdata[16:]
+            if len(rest) >= 8:
+                family = struct.unpack_from("@H", rest)[0]
+                if family == socket.AF_INET:
+                    offender = bytes(rest[4:8])
+                elif family == socket.AF_INET6 and len(rest) >= 24:
+                    offender = bytes(rest[8:24])
+            err = ExtErr(e_errno, origin, etype, ecode, info, offender)
         elif level == socket.IPPROTO_IP:
             if typ == IP_TTL and cdata:
                 ttl = _INT.unpack_from(cdata)[0] if len(cdata) >= 4 else cdata[0]
@@ -391,6 +448,7 @@ def _make_packet(
         kernel_stamp=kernel,
         port=addr[1],
         truncated=bool(flags & socket.MSG_TRUNC),
+        err=err,
     )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import math
+import os
 import random
 import socket
 from collections import deque
@@ -23,7 +24,7 @@ from typing import Any, Literal
 import trio
 
 from ..engine import Engine, Lease
-from ..errors import FamilyUnavailableError, KeyInUseError, NetdiagError
+from ..errors import FamilyUnavailableError, KeyInUseError, NetdiagError, PrivilegeError
 from ..resolve import resolve
 from ..sock import (
     DEFAULT_RCVBUF,
@@ -43,6 +44,7 @@ from ..wire.icmp import (
     IcmpError,
     build_echo,
     classify_echo,
+    classify_echo_queued_error,
     echo_payload,
     token_matches,
 )
@@ -226,12 +228,25 @@ class PingStats:
 
 
 class _Family:
-    """One family's socket(s) and how to talk to them."""
+    """One family's socket(s) and how to talk to them.
 
-    def __init__(self, sock: RawSocket, v6: bool) -> None:
+    ``dgram`` marks unprivileged ICMP datagram ("ping") sockets: the kernel then owns the echo
+    identifier (``idents[sock]``, the socket's port) and only delivers replies carrying it, so
+    probes are told apart by sequence number (allocated Pinger-wide per socket, ``next_seq``)
+    and payload token instead.
+    """
+
+    def __init__(self, sock: RawSocket, v6: bool, dgram: bool = False) -> None:
         self.sock = sock
         self.v6 = v6
+        self.dgram = dgram
         self.df_socks: dict[bool, RawSocket] = {}
+        self.idents: dict[RawSocket, int] = {}
+        self._seq = random.randrange(0x10000)
+
+    def next_seq(self) -> int:
+        self._seq = (self._seq + 1) & 0xFFFF
+        return self._seq
 
 
 class _Target:
@@ -286,7 +301,7 @@ class _Session:
         fam = pinger._family(addr.version == 6)
         sock = fam.sock if ping.df is None else pinger._df_socket(fam, ping.df)
         anc = sock.ancillary(ttl=ping.ttl, tos=ping.tos, dontfrag=ping.df if fam.v6 else None)
-        ident = pinger._allocate_ident(addr.packed)
+        ident = fam.idents[sock] if fam.dgram else pinger._allocate_ident(addr.packed)
         self.targets.append(_Target(addr, fam, sock, anc, ident))
 
     # -- engine sink -----------------------------------------------------------------------
@@ -303,7 +318,9 @@ class _Session:
             size = 8 + len(event.payload)
             base = PingResult(probe.seq, target.addr, "reply", rtt, target.addr, packet.ttl, size)
         else:
-            responder = ipaddress.ip_address(packet.src)
+            # Datagram sockets report the router in the queued error, not as the source.
+            src = packet.err.offender if packet.err and packet.err.offender else packet.src
+            responder = ipaddress.ip_address(src)
             err = _ping_error(event)
             base = PingResult(
                 probe.seq, target.addr, "error", rtt, responder, packet.ttl, 0, error=err
@@ -386,14 +403,25 @@ class _Session:
                 unyielded += 1
                 token = getrandbits(64).to_bytes(8, "big")[:tlen]
                 probe = _Probe(target, seq, token)
+                fam = target.fam
+                if fam.dgram:
+                    wire_seq = fam.next_seq()
                 try:
-                    lease = register((target.packed, target.ident, wire_seq), self, expiry, probe)
+                    key = (target.packed, target.ident, wire_seq)
+                    if fam.dgram:
+                        # The identifier is the socket's: find a sequence number not in flight.
+                        for _ in range(64):
+                            if key not in engine.table:
+                                break
+                            wire_seq = fam.next_seq()
+                            key = (target.packed, target.ident, wire_seq)
+                    lease = register(key, self, expiry, probe)
                 except KeyInUseError:
                     self._push(_send_failure(seq, target.addr, "sequence number still in flight"))
                     continue
                 leases.append(lease)
                 self.outstanding += 1
-                data = build_echo(target.ident, wire_seq, token + fill[tlen:], target.fam.v6)
+                data = build_echo(target.ident, wire_seq, token + fill[tlen:], fam.v6)
                 try:
                     try:
                         probe.sent_ns = target.sock.send_nowait(data, target.dst, target.anc)
@@ -458,10 +486,21 @@ class Pinger:
     :class:`~netdiag.errors.PrivilegeError` on entry.
     """
 
-    def __init__(self, bind: Bind | None = None, *, rcvbuf: int = DEFAULT_RCVBUF) -> None:
+    def __init__(
+        self,
+        bind: Bind | None = None,
+        *,
+        privileged: bool | None = None,
+        rcvbuf: int = DEFAULT_RCVBUF,
+    ) -> None:
         if bind is not None and not isinstance(bind, Bind):
             raise TypeError(f"bind must be a netdiag.Bind, not {bind!r}")
+        if privileged not in (None, True, False):
+            raise TypeError(f"privileged must be None, True or False, not {privileged!r}")
         self.bind = bind or Bind()
+        self.privileged = privileged
+        #: "raw" or "datagram" once entered: which kind of socket carries the pings.
+        self.mode: str | None = None
         self.rcvbuf = rcvbuf
         self._engine = Engine()
         self._families: dict[bool, _Family | BaseException] = {}
@@ -482,23 +521,80 @@ class Pinger:
         return await self._engine.__aexit__(*exc)
 
     def _open(self) -> None:
-        errors: list[BaseException] = []
-        for v6 in (False, True):
-            proto = socket.IPPROTO_ICMPV6 if v6 else socket.IPPROTO_ICMP
+        """Open raw sockets, or ICMP datagram sockets when raw ones are refused (or asked
+        for with ``privileged=False``). ``privileged=True`` never falls back."""
+        if self.privileged is False:
+            self._open_all(dgram=True)
+            return
+        try:
+            self._open_all(dgram=False)
+        except PrivilegeError as raw_error:
+            if self.privileged:
+                raise
             try:
-                sock = RawSocket(
-                    v6, proto, self.bind, icmp_types=_TYPES6 if v6 else _TYPES4, rcvbuf=self.rcvbuf
-                )
-            except (FamilyUnavailableError, OSError) as e:
-                if isinstance(e, PermissionError):
+                self._open_all(dgram=True)
+            except PrivilegeError as e:
+                raise PrivilegeError(
+                    message=f"{raw_error}; or allow unprivileged ping: {e}"
+                ) from None
+
+    def _open_all(self, dgram: bool) -> None:
+        errors: list[BaseException] = []
+        families: dict[bool, _Family | BaseException] = {}
+        try:
+            for v6 in (False, True):
+                try:
+                    sock = self._new_socket(v6, dgram)
+                except PrivilegeError:
                     raise
-                self._families[v6] = e
-                errors.append(e)
-                continue
-            self._families[v6] = _Family(sock, v6)
-            self._engine.add_socket(sock, _classifier(v6))
+                except OSError as e:
+                    families[v6] = e
+                    errors.append(e)
+                    continue
+                fam = _Family(sock, v6, dgram)
+                if dgram:
+                    fam.idents[sock] = sock.local_port()
+                families[v6] = fam
+        except BaseException:
+            for fam in families.values():
+                if isinstance(fam, _Family):
+                    fam.sock.close()
+            raise
         if len(errors) == 2:
             raise errors[0]
+        self._families = families
+        self.mode = "datagram" if dgram else "raw"
+        for v6, fam in families.items():
+            if isinstance(fam, _Family):
+                self._engine.add_socket(fam.sock, _classifier(v6, dgram))
+
+    def _new_socket(self, v6: bool, dgram: bool, pmtudisc: int | None = None) -> RawSocket:
+        proto = socket.IPPROTO_ICMPV6 if v6 else socket.IPPROTO_ICMP
+        if not dgram:
+            return RawSocket(
+                v6,
+                proto,
+                self.bind,
+                icmp_types=_TYPES6 if v6 else _TYPES4,
+                rcvbuf=self.rcvbuf,
+                pmtudisc=pmtudisc,
+            )
+        try:
+            sock = RawSocket(
+                v6,
+                proto,
+                self.bind,
+                kind=socket.SOCK_DGRAM,
+                rcvbuf=self.rcvbuf,
+                recverr=True,
+                pmtudisc=pmtudisc,
+            )
+        except PrivilegeError:
+            raise PrivilegeError(message=_ping_group_message()) from None
+        if self.bind.for_family(v6) is None:
+            # Binding port 0 makes the kernel pick this socket's echo identifier now.
+            sock.sock.bind(("::" if v6 else "0.0.0.0", 0))
+        return sock
 
     def _family(self, v6: bool) -> _Family:
         fam = self._families.get(v6)
@@ -510,19 +606,23 @@ class Pinger:
 
     def _df_socket(self, fam: _Family, df: bool) -> RawSocket:
         """IPv4 has no per-packet DF control, so DF-forced and DF-cleared probes go out through
-        a send-only sibling socket with that IP_MTU_DISCOVER mode (IPv6 uses a cmsg)."""
+        a sibling socket with that IP_MTU_DISCOVER mode (IPv6 uses a cmsg). A raw sibling only
+        sends (replies reach the main raw socket too); a datagram sibling has its own echo
+        identifier, so it gets its own receive loop."""
         if fam.v6:
             return fam.sock
         sock = fam.df_socks.get(df)
         if sock is None:
-            sock = RawSocket(
-                False,
-                socket.IPPROTO_ICMP,
-                self.bind,
-                receive=False,
-                pmtudisc=IP_PMTUDISC_DO if df else IP_PMTUDISC_DONT,
-            )
-            self._engine.add_socket(sock, None)
+            mode = IP_PMTUDISC_DO if df else IP_PMTUDISC_DONT
+            if fam.dgram:
+                sock = self._new_socket(False, True, pmtudisc=mode)
+                fam.idents[sock] = sock.local_port()
+                self._engine.add_socket(sock, _classifier(False, True))
+            else:
+                sock = RawSocket(
+                    False, socket.IPPROTO_ICMP, self.bind, receive=False, pmtudisc=mode
+                )
+                self._engine.add_socket(sock, None)
             fam.df_socks[df] = sock
         return sock
 
@@ -629,8 +729,32 @@ class Pinger:
         return [r async for r in self.results(ping)]
 
 
-def _classifier(v6: bool):  # type: ignore[no-untyped-def]
+def _classifier(v6: bool, dgram: bool = False):  # type: ignore[no-untyped-def]
+    """The engine's classifier for one socket: raw IPv4 ICMP sockets deliver the IP header,
+    raw ICMPv6 and datagram sockets start at ICMP; datagram sockets also deliver ICMP errors
+    through their error queue (``packet.err``)."""
+    ip_header = not v6 and not dgram
+
     def classify(pkt: Packet) -> Any:
-        return classify_echo(pkt.data, v6, pkt.src, ip_header=not v6)
+        err = pkt.err
+        if err is not None:
+            if err.origin not in (2, 3):  # only errors that came from the network
+                return None
+            return classify_echo_queued_error(v6, err.type, err.code, err.info, pkt.src, pkt.data)
+        return classify_echo(pkt.data, v6, pkt.src, ip_header=ip_header)
 
     return classify
+
+
+def _ping_group_message() -> str:
+    """Why ICMP datagram sockets were refused, and how to allow them."""
+    try:
+        with open("/proc/sys/net/ipv4/ping_group_range") as f:
+            lo, hi = (int(x) for x in f.read().split())
+    except (OSError, ValueError):
+        lo, hi = 1, 0
+    groups = sorted({os.getgid(), *os.getgroups()})
+    return (
+        f"ICMP datagram sockets need one of your groups {groups} in net.ipv4.ping_group_range "
+        f"(now {lo} {hi}): `sudo sysctl -w net.ipv4.ping_group_range='0 2147483647'`"
+    )

@@ -67,6 +67,11 @@ def parser() -> cli.Parser:
         help="path MTU discovery: do (never fragment), dont, want (kernel default)",
     )
     p.add_argument("-I", dest="source", help="source address or interface name")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--unprivileged", dest="privileged", action="store_false", default=None,
+                      help="use ICMP datagram sockets (no CAP_NET_RAW; needs ping_group_range)")
+    mode.add_argument("--privileged", dest="privileged", action="store_true",
+                      help="use raw sockets only (default: raw if permitted, else datagram)")
     fam = p.add_mutually_exclusive_group()
     fam.add_argument("-4", dest="v4", action="store_true", help="use IPv4 only")
     fam.add_argument("-6", dest="v6", action="store_true", help="use IPv6 only")
@@ -153,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 df=df,
             )
             runs.append(HostRun(host, addr, ping))
-        async with Pinger(bind) as pinger:
+        async with Pinger(bind, privileged=args.privileged) as pinger:
             for run in runs:
                 pinger.prepare(run.ping)
             cli.drop_privileges()

@@ -37,7 +37,9 @@ __all__ = [
     "build_echo",
     "build_echo_dpkt",
     "classify_echo",
+    "classify_echo_queued_error",
     "echo_payload",
+    "error_from_queue",
     "parse_icmp",
     "parse_icmp4_packet",
     "token_matches",
@@ -321,3 +323,45 @@ def token_matches(msg: Echo | IcmpError, token: bytes) -> bool:
         return False
     quoted = q.payload[8 : 8 + len(token)]
     return token[: len(quoted)] == quoted
+
+
+def error_from_queue(
+    v6: bool, typ: int, code: int, info: int, dst: bytes, quoted: bytes
+) -> IcmpError | None:
+    """Rebuild an :class:`IcmpError` from what a datagram socket's error queue reports.
+
+    The kernel has already parsed the ICMP error into ``sock_extended_err`` (type, code,
+    info) and kept only the quoted payload of our packet (``quoted``, starting at our
+    transport header) and its destination ``dst``. Normalising it through :func:`parse_icmp`
+    keeps one mapping of types and codes for raw and datagram sockets alike. ``None`` when the
+    type is not an error.
+    """
+    msg = parse_icmp(struct.pack("!BBHI", typ & 0xFF, code & 0xFF, 0, info & 0xFFFFFFFF), v6)
+    if not isinstance(msg, IcmpError):
+        return None
+    quote = IPHeader(
+        version=6 if v6 else 4,
+        src=b"",
+        dst=dst,
+        proto=58 if v6 else 1,
+        ttl=0,
+        tos=0,
+        ident=0,
+        length=0,
+        flow_label=0,
+        payload=bytes(quoted),
+    )
+    return IcmpError(msg.kind, msg.type, msg.code, msg.unreach, msg.info, quote)
+
+
+def classify_echo_queued_error(
+    v6: bool, typ: int, code: int, info: int, dst: bytes, quoted: bytes
+) -> tuple[EchoKey, IcmpError] | None:
+    """The echo probe an error-queue entry is about (datagram ping sockets), or ``None``."""
+    if len(quoted) < 8 or quoted[0] != (ECHO_REQUEST6 if v6 else ECHO_REQUEST4):
+        return None
+    err = error_from_queue(v6, typ, code, info, dst, quoted)
+    if err is None:
+        return None
+    ident, seq = struct.unpack_from("!HH", quoted, 4)
+    return (dst, ident, seq), err

@@ -1,0 +1,143 @@
+"""``python -m netdiag.doctor``: which diagnostics this user can run here, and how to enable the
+rest.
+
+It does not guess from the uid: it opens (and closes at once) each kind of socket the
+diagnostics use, exactly as they would, and reports what the kernel said. Nothing is sent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from . import cli
+from .errors import FamilyUnavailableError, PrivilegeError
+from .sock import RawSocket
+
+PROG = "netdiag.doctor"
+CAP_NET_RAW = 13
+
+
+@dataclass(frozen=True)
+class Check:
+    """One capability probe: ``ok`` plus the kernel's answer when it said no."""
+
+    name: str
+    used_by: str
+    ok: bool
+    detail: str = ""
+
+
+def _try(v6: bool, proto: int, kind: int = socket.SOCK_RAW) -> tuple[bool, str]:
+    try:
+        s = RawSocket(v6, proto, None, kind=kind, receive=False)
+    except PrivilegeError:
+        return False, "permission denied"
+    except FamilyUnavailableError as e:
+        return False, str(e)
+    except OSError as e:
+        return False, e.strerror or str(e)
+    s.close()
+    return True, ""
+
+
+def effective_caps() -> int | None:
+    """The CapEff bitmask of this process (from /proc), or None if unreadable."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return int(line.split()[1], 16)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def ping_group_range() -> tuple[int, int] | None:
+    try:
+        with open("/proc/sys/net/ipv4/ping_group_range") as f:
+            lo, hi = (int(x) for x in f.read().split())
+            return lo, hi
+    except (OSError, ValueError):
+        return None
+
+
+def run_checks() -> list[Check]:
+    checks: list[Check] = []
+    for v6 in (False, True):
+        fam = "IPv6" if v6 else "IPv4"
+        icmp = socket.IPPROTO_ICMPV6 if v6 else socket.IPPROTO_ICMP
+        rows = [
+            (f"raw ICMP ({fam})", "ping, trace -I, trace replies", icmp, socket.SOCK_RAW),
+            (f"raw UDP ({fam})", "trace -U (raw mode)", socket.IPPROTO_UDP, socket.SOCK_RAW),
+            (f"raw TCP ({fam})", "knock, trace -T", socket.IPPROTO_TCP, socket.SOCK_RAW),
+            (f"ICMP datagram ({fam})", "unprivileged ping", icmp, socket.SOCK_DGRAM),
+            (
+                f"UDP + RECVERR ({fam})",
+                "unprivileged trace -U",
+                socket.IPPROTO_UDP,
+                socket.SOCK_DGRAM,
+            ),
+        ]
+        for name, used_by, proto, kind in rows:
+            ok, detail = _try(v6, proto, kind)
+            checks.append(Check(name, used_by, ok, detail))
+    return checks
+
+
+def advice(checks: list[Check]) -> list[str]:
+    """How to enable what failed, most useful first."""
+    out: list[str] = []
+    exe = os.path.realpath(sys.executable)
+    if not all(c.ok for c in checks if c.name.startswith("raw")):
+        out.append(
+            f"raw sockets (all modes, knock included) need CAP_NET_RAW: run as root, or "
+            f"`sudo setcap cap_net_raw+ep {exe}`"
+        )
+    dgram = [c for c in checks if c.name.startswith("ICMP datagram")]
+    if not all(c.ok for c in dgram):
+        rng = ping_group_range()
+        now = f"{rng[0]} {rng[1]}" if rng else "unknown"
+        out.append(
+            f"unprivileged ping needs your group ({os.getgid()}) in net.ipv4.ping_group_range "
+            f"(now {now}): `sudo sysctl -w net.ipv4.ping_group_range='0 2147483647'`"
+        )
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = cli.Parser(prog=PROG, description="Report which netdiag modes this user can run.")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    args: argparse.Namespace = p.parse_args(argv)
+    checks = run_checks()
+    caps = effective_caps()
+    has_raw = caps is not None and bool(caps >> CAP_NET_RAW & 1)
+    tips = advice(checks)
+    if args.json:
+        cli.print_json(
+            {
+                "uid": os.geteuid(),
+                "cap_net_raw": has_raw,
+                "ping_group_range": ping_group_range(),
+                "checks": [c.__dict__ for c in checks],
+                "advice": tips,
+            }
+        )
+    else:
+        print(f"uid {os.geteuid()}, CAP_NET_RAW {'yes' if has_raw else 'no'}")
+        width = max(len(c.name) for c in checks)
+        for c in checks:
+            state = "yes" if c.ok else f"no ({c.detail})"
+            print(f"  {c.name:<{width}}  {state:<28} {c.used_by}")
+        for tip in tips:
+            print(f"to enable: {tip}")
+    ping_ok = any(c.ok for c in checks if "ICMP" in c.name)
+    return cli.EXIT_OK if ping_ok else cli.EXIT_FAIL
+
+
+if __name__ == "__main__":
+    sys.exit(main())
