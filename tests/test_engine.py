@@ -40,6 +40,7 @@ def udp_rawsocket() -> tuple[RawSocket, socket.socket]:
     rs.proto = socket.IPPROTO_UDP
     rs.kind = socket.SOCK_DGRAM
     rs._closed = False
+    rs.recverr = False
     rs.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     rs.sock.bind(("127.0.0.1", 0))
     rs.sock.setblocking(False)
