@@ -21,7 +21,7 @@ import pytest
 import trio
 from lab import Lab
 
-from netdiag import Knock, Knocker, KnockStats
+from netdiag import Bind, Knock, Knocker, KnockStats
 from netdiag.wire.icmp import Unreach
 from netdiag.wire.tcp import ACK, RST, SYN
 
@@ -315,6 +315,19 @@ async def test_lab_concurrent_knocks_do_not_mix(lab: Lab) -> None:
             sports.append((r.addr.version, r.sport))
     # All 60 probes were in flight together, so no source port may repeat within a family.
     assert len(sports) == len(set(sports)) == 60
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_lab_bound_source_and_interface(lab: Lab, version: int) -> None:
+    """With Bind the source is the bound address (no route lookup) or the interface's."""
+    addr = dst_addr(lab, version)
+    src = lab.src.addr(version)  # type: ignore[arg-type]
+    with lab.enter("src"):
+        for bind in (Bind.source(src), Bind(device="to-r1")):
+            async with Knocker(bind) as knocker:
+                results = await knocker.collect(Knock(addr, 7, count=2, interval=0.01))
+            assert [r.kind for r in results] == ["closed", "closed"], bind
 
 
 @pytest.mark.lab
