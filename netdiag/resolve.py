@@ -28,7 +28,7 @@ async def resolve(host: str | IPAddress, version: int | None = None) -> IPAddres
         if not isinstance(host, str) or not host:
             raise ResolveError(f"not a host name or address: {host!r}")
         try:
-            addr = ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
+            addr = _literal(host)
         except ValueError:
             family = {None: socket.AF_UNSPEC, 4: socket.AF_INET, 6: socket.AF_INET6}[version]
             try:
@@ -42,6 +42,22 @@ async def resolve(host: str | IPAddress, version: int | None = None) -> IPAddres
     if version is not None and addr.version != version:
         raise ResolveError(f"{host}: not an IPv{version} address")
     return addr
+
+
+def _literal(host: str) -> IPAddress:
+    """An address literal, parsed by the C library first: ``ipaddress`` alone costs several
+    microseconds per address, which a 100,000-target sweep notices."""
+    text = host.strip("[]")
+    if "%" in text:
+        text = text.split("%", 1)[0]
+    try:
+        return ipaddress.IPv4Address(socket.inet_pton(socket.AF_INET, text))
+    except OSError:
+        pass
+    try:
+        return ipaddress.IPv6Address(socket.inet_pton(socket.AF_INET6, text))
+    except OSError:
+        raise ValueError(host) from None
 
 
 async def reverse(addr: IPAddress) -> str | None:

@@ -264,3 +264,30 @@ def test_garbage_after_valid_error_header_never_raises(tail: bytes, typ: int, co
         parse_icmp(bytes([typ, code, 0, 0, 0, 0, 0, 0]) + tail, v6)
         parse_icmp(bytes([typ, code, 0, 0, 0, 0, 0, 0]) + b"\x60" + tail, v6)
         parse_icmp(bytes([typ, code, 0, 0, 0, 0, 0, 0]) + b"\x45" + tail, v6)
+
+
+@settings(max_examples=300)
+@given(
+    st.integers(0, 0xFFFF),
+    st.integers(0, 0xFFFF),
+    st.binary(max_size=64),
+    st.integers(0, 255),
+    st.booleans(),
+    st.integers(0, 0x1FFF),
+)
+def test_echo_reply_fast_path_agrees_with_general_parser(
+    ident: int, seq: int, payload: bytes, ttl: int, df: bool, frag: int
+) -> None:
+    icmp = bytearray(build_echo(ident, seq, payload))
+    icmp[0] = 0
+    hdr = bytearray(build_ipv4_header(LO, LO, 1, len(icmp), ttl=ttl, df=df))
+    hdr[6] |= frag >> 8
+    hdr[7] = frag & 0xFF
+    pkt = bytes(hdr) + bytes(icmp)
+    fast = classify_echo(pkt, False, LO, ip_header=True)
+    parsed = parse_icmp4_packet(pkt)
+    if frag:
+        assert fast is None and isinstance(parsed, Unparsable)
+        return
+    assert not isinstance(parsed, Unparsable)
+    assert fast == ((LO, ident, seq), parsed[1])

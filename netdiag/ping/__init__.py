@@ -295,12 +295,16 @@ class _Session:
         self.failure: BaseException | None = None
         self._wake: trio.Event | None = None
         self._scope: trio.CancelScope | None = None
+        self._anc: dict[RawSocket, list] = {}
 
     def add_target(self, addr: IPAddress) -> None:
         pinger, ping = self.pinger, self.ping
         fam = pinger._family(addr.version == 6)
         sock = fam.sock if ping.df is None else pinger._df_socket(fam, ping.df)
-        anc = sock.ancillary(ttl=ping.ttl, tos=ping.tos, dontfrag=ping.df if fam.v6 else None)
+        anc = self._anc.get(sock)
+        if anc is None:
+            anc = sock.ancillary(ttl=ping.ttl, tos=ping.tos, dontfrag=ping.df if fam.v6 else None)
+            self._anc[sock] = anc
         ident = fam.idents[sock] if fam.dgram else pinger._allocate_ident(addr.packed)
         self.targets.append(_Target(addr, fam, sock, anc, ident))
 
@@ -384,21 +388,27 @@ class _Session:
         start = trio.current_time()
         next_send = start
         unyielded = 0
+        now = start
+        current_time = trio.current_time
         for i in range(ping.count):
             if i:
                 await trio.sleep_until(start + i * ping.interval)
-                next_send = max(next_send, trio.current_time())
+                now = current_time()
+                next_send = max(next_send, now)
             seq = i + 1
             wire_seq = seq & 0xFFFF
             for target in self.targets:
                 if gap:
                     next_send += gap
-                    if next_send - trio.current_time() > 0.001:
+                    now = current_time()
+                    if next_send - now > 0.001:
                         await trio.sleep_until(next_send)
+                        now = current_time()
                         unyielded = 0
                 elif unyielded >= 64:
                     # Back to back: let the receive loops drain replies every so often.
                     await trio.lowlevel.checkpoint()
+                    now = current_time()
                     unyielded = 0
                 unyielded += 1
                 token = getrandbits(64).to_bytes(8, "big")[:tlen]
@@ -415,7 +425,7 @@ class _Session:
                                 break
                             wire_seq = fam.next_seq()
                             key = (target.packed, target.ident, wire_seq)
-                    lease = register(key, self, expiry, probe)
+                    lease = register(key, self, expiry, probe, now)
                 except KeyInUseError:
                     self._push(_send_failure(seq, target.addr, "sequence number still in flight"))
                     continue
