@@ -1,0 +1,846 @@
+"""Multipath traceroute: :class:`Tracer` runs many concurrent Paris/MDA traces over shared sockets.
+
+Read top to bottom, this module is the whole diagnostic. One :class:`_Session` per trace is the
+engine's sink for its probes. Its sender task launches *flows* (see :mod:`netdiag.wire.trace`):
+each new flow goes out at every TTL that still needs evidence, all at once (bounded by a window
+of probes in flight), so a whole route costs about one round trip -- or one expiry when hops are
+silent -- instead of hops x probes x expiry. For each probe it registers the key
+``(target, protocol, flow field, probe id)`` with the engine *before* sending, then sends bytes
+built by :mod:`netdiag.wire.trace`. Replies come back through the engine's receive loops (one
+per socket, one demux table) already classified; the session records them per hop, and the MDA
+rule decides whether a hop needs more flows. Hops are yielded in TTL order as soon as each is
+settled: every probe sent to it answered or expired, and the stopping rule satisfied.
+
+Sockets, per family: a raw ICMP socket receives time-exceeded / unreachable / echo replies, a raw
+TCP socket receives SYN-ACK / RST. IPv4 probes of all three protocols leave through one
+``IPPROTO_RAW`` socket with an IPv4 header we build (``IP_HDRINCL``): the TTL and the IP ID
+(= probe id) are per packet and nothing socket-wide is touched, so concurrent probes cannot race.
+IPv6 probes leave through a raw socket of their protocol, with the hop limit and the source
+address as ``sendmsg`` ancillary data and the checksum filled by the kernel (IPV6_CHECKSUM; for
+ICMPv6 always). The source address is found per target with a connected UDP socket, because the
+UDP/TCP checksums cover it and the UDP checksum is the probe id.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import random
+import socket
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+import trio
+
+from ..engine import Engine, Lease
+from ..errors import FamilyUnavailableError, KeyInUseError, NetdiagError
+from ..resolve import resolve, reverse
+from ..sock import DEFAULT_RCVBUF, SO_BINDTODEVICE, Bind, IPAddress, Packet, RawSocket
+from ..wire.ip import build_ipv4_header
+from ..wire.trace import (
+    PROTO_ICMP,
+    PROTO_ICMP6,
+    PROTO_TCP,
+    PROTO_UDP,
+    Reply,
+    ReplyKind,
+    build_probe,
+    classify_icmp,
+    classify_tcp,
+    encode_pid,
+    mda_probes,
+)
+
+__all__ = ["Hop", "Responder", "Trace", "TraceProbe", "TraceResult", "Tracer"]
+
+Proto = Literal["udp", "tcp", "icmp"]
+DEFAULT_PORTS = {"udp": 33434, "tcp": 80}
+
+#: ICMP types the receive sockets need; the kernel filters out the rest.
+_TYPES4 = (0, 3, 11, 12)
+_TYPES6 = (1, 2, 3, 4, 129)
+_UDP6_CHECKSUM_OFFSET = 6
+_TCP6_CHECKSUM_OFFSET = 16
+
+#: Source ports of UDP/TCP flows: above Linux's default ephemeral range (32768-60999), so the
+#: kernel's own connections rarely share one. ICMP flows use echo identifiers 0..65535.
+_PORT_LO, _PORT_HI = 61000, 65535
+#: How long a finished trace keeps its keys (and flow ids) reserved, at least: replies arriving
+#: in that time are recognised as late, never credited to a later trace that reuses the ids.
+_LINGER = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Trace:
+    """What to trace and how. Durations are seconds.
+
+    ``proto`` is ``"udp"`` (destination port ``port``, default 33434), ``"tcp"`` (SYN to
+    ``port``, default 80) or ``"icmp"`` (echo). Hops ``first_ttl``..``max_ttl`` are probed.
+    ``expiry`` is how long each probe waits for an answer.
+
+    Flows per hop: by default the MDA stopping rule with ``confidence`` (0.95, or 0.99 for the
+    stricter table; any value in (0, 1) works through the formula) decides, capped at
+    ``max_flows`` flows per trace. ``flows=N`` instead sends exactly N flows through every hop,
+    like traceroute's ``-q N`` but with N *different* flows. ``window`` bounds the probes of this
+    trace in flight at once. ``dns`` looks up responder names concurrently, waiting at most
+    ``dns_timeout`` before yielding a hop without them.
+    """
+
+    addr: IPAddress | str
+    proto: Proto = "udp"
+    port: int | None = None
+    first_ttl: int = 1
+    max_ttl: int = 30
+    expiry: float = 1.0
+    flows: int | None = None
+    confidence: float = 0.95
+    max_flows: int = 64
+    window: int = 32
+    dns: bool = False
+    dns_timeout: float = 1.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.addr, str):
+            if not self.addr:
+                raise ValueError("Trace.addr must not be empty")
+        elif not isinstance(self.addr, ipaddress.IPv4Address | ipaddress.IPv6Address):
+            raise TypeError(f"Trace.addr must be an address or host name, not {self.addr!r}")
+        if self.proto not in ("udp", "tcp", "icmp"):
+            raise ValueError(f"Trace.proto must be 'udp', 'tcp' or 'icmp', not {self.proto!r}")
+        if self.port is not None:
+            if self.proto == "icmp":
+                raise ValueError("Trace.port does not apply to ICMP traces")
+            _check_int("port", self.port, 1, 65535)
+        _check_int("first_ttl", self.first_ttl, 1, 255)
+        _check_int("max_ttl", self.max_ttl, 1, 255)
+        if self.first_ttl > self.max_ttl:
+            raise ValueError(
+                f"first_ttl ({self.first_ttl}) must not exceed max_ttl ({self.max_ttl})"
+            )
+        _check_float("expiry", self.expiry, 0.0, 3600.0)
+        _check_int("max_flows", self.max_flows, 1, 1024)
+        if self.flows is not None:
+            _check_int("flows", self.flows, 1, self.max_flows)
+        if (
+            not isinstance(self.confidence, int | float)
+            or isinstance(self.confidence, bool)
+            or not 0 < self.confidence < 1
+        ):
+            raise ValueError(
+                f"confidence must be a fraction between 0 and 1 (0.95, 0.99), got "
+                f"{self.confidence!r}"
+            )
+        _check_int("window", self.window, 1, 65536)
+        if not isinstance(self.dns, bool):
+            raise TypeError(f"dns must be True or False, not {self.dns!r}")
+        _check_float("dns_timeout", self.dns_timeout, 0.0, 60.0)
+
+    @property
+    def dport(self) -> int:
+        """The destination port (0 for ICMP)."""
+        if self.proto == "icmp":
+            return 0
+        return self.port if self.port is not None else DEFAULT_PORTS[self.proto]
+
+
+def _check_int(name: str, value: object, lo: int, hi: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, not {value!r}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be between {lo} and {hi}, got {value}")
+
+
+def _check_float(name: str, value: object, lo: float, hi: float) -> None:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a number of seconds, not {value!r}")
+    if math.isnan(value) or value <= lo or value > hi:
+        raise ValueError(f"{name} must be more than {lo} and at most {hi} seconds, got {value}")
+
+
+# -- results ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TraceProbe:
+    """The outcome of one probe: who answered (``addr``, ``None`` on timeout) and how.
+
+    ``flow`` numbers the trace's flows from 0 (probes with the same number took the same path).
+    ``kind`` is ``"timeout"`` or a :class:`~netdiag.wire.trace.ReplyKind` value
+    (``"time-exceeded"``, ``"unreachable"``, ``"echo-reply"``, ``"syn-ack"``, ``"rst"``,
+    ``"packet-too-big"``, ``"parameter-problem"``). ``mark`` is traceroute's annotation
+    (``!X``, ``!F-1280`` ...). ``destination`` says the target itself answered. ``reply_ttl`` is
+    the TTL/hop limit the answer arrived with; ``info`` the MTU or parameter-problem pointer.
+    """
+
+    ttl: int
+    flow: int
+    kind: str
+    addr: IPAddress | None = None
+    rtt: float | None = None
+    mark: str = ""
+    destination: bool = False
+    reply_ttl: int | None = None
+    info: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "addr": str(self.addr) if self.addr is not None else None,
+            "rtt": self.rtt,
+            "flow": self.flow,
+            "kind": self.kind,
+            "mark": self.mark,
+            "destination": self.destination,
+            "reply_ttl": self.reply_ttl,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Responder:
+    """One interface that answered at a hop, with every RTT and the flows that reached it."""
+
+    addr: IPAddress
+    rtts: tuple[float, ...]
+    flows: tuple[int, ...]
+    mark: str = ""
+    destination: bool = False
+    name: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "addr": str(self.addr),
+            "name": self.name,
+            "rtts": list(self.rtts),
+            "flows": list(self.flows),
+            "mark": self.mark,
+            "destination": self.destination,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Hop:
+    """Everything learnt at one TTL.
+
+    ``responders`` are in order of first answer. ``timeouts`` counts probes nobody answered.
+    ``last`` is true for the final hop of the trace: the target answered (``reached``), an
+    unreachable ended it (``mark`` is then ``!H``, ``!N``, ``!P``, ``!X`` ...), or ``max_ttl``.
+    """
+
+    ttl: int
+    probes: tuple[TraceProbe, ...]
+    responders: tuple[Responder, ...]
+    timeouts: int
+    last: bool
+    reached: bool
+    mark: str = ""
+
+    @property
+    def addrs(self) -> frozenset[IPAddress]:
+        """The set of interfaces that answered at this hop."""
+        return frozenset(r.addr for r in self.responders)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ttl": self.ttl,
+            "probes": [p.as_dict() for p in self.probes],
+            "responders": [r.as_dict() for r in self.responders],
+            "timeouts": self.timeouts,
+            "last": self.last,
+            "reached": self.reached,
+            "mark": self.mark,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class TraceResult:
+    """A whole route, as :meth:`Tracer.route` collects it.
+
+    ``sent`` counts probes, ``late`` answers that came after their probe expired (never credited
+    to anything), ``elapsed`` the seconds from the first probe to the last hop.
+    """
+
+    target: IPAddress
+    protocol: Proto
+    port: int
+    hops: tuple[Hop, ...]
+    reached: bool
+    sent: int
+    late: int
+    elapsed: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "target": str(self.target),
+            "protocol": self.protocol,
+            "port": self.port if self.protocol != "icmp" else None,
+            "reached": self.reached,
+            "sent": self.sent,
+            "late": self.late,
+            "elapsed": self.elapsed,
+            "hops": [h.as_dict() for h in self.hops],
+        }
+
+
+# -- per-trace state ---------------------------------------------------------------------------
+
+
+class _Probe:
+    __slots__ = ("done", "flow", "sent_ns", "ttl")
+
+    def __init__(self, flow: int, ttl: int) -> None:
+        self.flow = flow
+        self.ttl = ttl
+        self.sent_ns = 0
+        self.done = False
+
+
+class _HopState:
+    __slots__ = ("addrs", "mark", "outstanding", "probes", "reached", "sent", "ttl")
+
+    def __init__(self, ttl: int) -> None:
+        self.ttl = ttl
+        self.sent = 0
+        self.outstanding = 0
+        self.probes: list[TraceProbe] = []
+        self.addrs: dict[IPAddress, None] = {}
+        self.reached = False
+        self.mark = ""
+
+
+class _Family:
+    """One family's sockets: receivers run on the engine; ``send`` puts a probe on the wire."""
+
+    def __init__(self, v6: bool, tracer: Tracer) -> None:
+        self.v6 = v6
+        bind, rcvbuf, engine = tracer.bind, tracer.rcvbuf, tracer._engine
+        if v6:
+            self.icmp = RawSocket(
+                True, socket.IPPROTO_ICMPV6, bind, icmp_types=_TYPES6, rcvbuf=rcvbuf
+            )
+            engine.add_socket(self.icmp, _icmp_classifier(True))
+            self.tcp = RawSocket(
+                True, socket.IPPROTO_TCP, bind, rcvbuf=rcvbuf, checksum_offset=_TCP6_CHECKSUM_OFFSET
+            )
+            engine.add_socket(self.tcp, _tcp_classifier(True))
+            self.udp = RawSocket(
+                True,
+                socket.IPPROTO_UDP,
+                bind,
+                receive=False,
+                checksum_offset=_UDP6_CHECKSUM_OFFSET,
+            )
+            engine.add_socket(self.udp, None)
+            self._out = {PROTO_UDP: self.udp, PROTO_TCP: self.tcp, PROTO_ICMP6: self.icmp}
+        else:
+            self.icmp = RawSocket(
+                False, socket.IPPROTO_ICMP, bind, icmp_types=_TYPES4, rcvbuf=rcvbuf
+            )
+            engine.add_socket(self.icmp, _icmp_classifier(False))
+            self.tcp = RawSocket(False, socket.IPPROTO_TCP, bind, rcvbuf=rcvbuf)
+            engine.add_socket(self.tcp, _tcp_classifier(False))
+            self.raw = RawSocket(False, socket.IPPROTO_RAW, bind, receive=False, hdrincl=True)
+            engine.add_socket(self.raw, None)
+        # Source discovery: opened now, so it lives in the same network namespace as the
+        # probing sockets even if the caller moves threads between namespaces later.
+        self.route = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
+        if bind.device:
+            self.route.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, bind.device.encode())
+        addr = bind.for_family(v6)
+        if addr is not None:
+            self.route.bind((str(addr), 0))
+        self._anc: dict[tuple[int, bytes], list[tuple[int, int, bytes]]] = {}
+
+    def source(self, dst: IPAddress) -> bytes:
+        """The local address the kernel routes ``dst`` from (connecting sends nothing)."""
+        self.route.connect((str(dst), 33434))
+        name = self.route.getsockname()[0].split("%", 1)[0]
+        return socket.inet_pton(socket.AF_INET6 if self.v6 else socket.AF_INET, name)
+
+    async def send(
+        self, proto: int, src: bytes, dst: bytes, dst_str: str, ttl: int, pid: int, data: bytes
+    ) -> int:
+        if self.v6:
+            sock = self._out[proto]
+            anc = self._anc.get((ttl, src))
+            if anc is None:
+                anc = self._anc[(ttl, src)] = sock.ancillary(ttl=ttl, src=src)
+            return await sock.send(data, dst_str, anc)
+        head = build_ipv4_header(src, dst, proto, len(data), ttl=ttl, ident=pid)
+        return await self.raw.send(head + data, dst_str, [])
+
+    def close(self) -> None:
+        self.route.close()
+
+
+def _icmp_classifier(v6: bool):  # type: ignore[no-untyped-def]
+    def classify(pkt: Packet) -> Any:
+        return classify_icmp(pkt.data, v6, pkt.src, ip_header=not v6)
+
+    return classify
+
+
+def _tcp_classifier(v6: bool):  # type: ignore[no-untyped-def]
+    def classify(pkt: Packet) -> Any:
+        return classify_tcp(pkt.data, v6, pkt.src, ip_header=not v6)
+
+    return classify
+
+
+class _Session:
+    """The state of one trace; the engine's sink for its probes."""
+
+    def __init__(
+        self, tracer: Tracer, trace: Trace, target: IPAddress, fam: _Family, src: bytes
+    ) -> None:
+        self.tracer = tracer
+        self.trace = trace
+        self.target = target
+        self.dst = target.packed
+        self.dst_str = str(target)
+        self.src = src
+        self.fam = fam
+        v6 = fam.v6
+        self.v6 = v6
+        self.proto = {"udp": PROTO_UDP, "tcp": PROTO_TCP}.get(
+            trace.proto, PROTO_ICMP6 if v6 else PROTO_ICMP
+        )
+        self.dport = trace.dport
+        self.token = random.getrandbits(16)
+        self.icmp_token = random.getrandbits(32).to_bytes(4, "big")
+        self.flow_base = tracer._alloc_flows(self.dst, self.proto, trace.max_flows)
+        self.hops: dict[int, _HopState] = {}
+        self.horizon = trace.max_ttl
+        self.next_emit = trace.first_ttl
+        self.flows_used = 0
+        self.outstanding = 0
+        self.sent = 0
+        self.late = 0
+        self.duplicates = 0
+        self.complete = False
+        self.closed = False
+        self.failure: BaseException | None = None
+        self.ready: deque[Hop] = deque()
+        self.leases: list[Lease] = []
+        self.started = 0.0
+        self.finished_at = 0.0
+        self._sender_wake: trio.Event | None = None
+        self._consumer_wake: trio.Event | None = None
+        self._scope: trio.CancelScope | None = None
+
+    # -- the MDA bookkeeping -------------------------------------------------------------
+
+    def _needed(self, h: _HopState) -> int:
+        if self.trace.flows is not None:
+            return self.trace.flows
+        return mda_probes(max(1, len(h.addrs)), self.trace.confidence)
+
+    def _hop(self, ttl: int) -> _HopState:
+        h = self.hops.get(ttl)
+        if h is None:
+            h = self.hops[ttl] = _HopState(ttl)
+        return h
+
+    def _plan(self) -> list[int]:
+        """The TTLs the next new flow should probe: every unsettled hop short of its quota."""
+        if self.flows_used >= self.trace.max_flows or self.complete:
+            return []
+        out = []
+        for ttl in range(self.next_emit, self.horizon + 1):
+            h = self.hops.get(ttl)
+            if h is None or h.sent < self._needed(h):
+                out.append(ttl)
+        return out
+
+    def _advance(self) -> None:
+        """Emit, in TTL order, every hop that is settled."""
+        exhausted = self.flows_used >= self.trace.max_flows
+        while not self.complete:
+            ttl = self.next_emit
+            h = self.hops.get(ttl)
+            if h is None or h.outstanding or (h.sent < self._needed(h) and not exhausted):
+                return
+            last = ttl >= self.horizon
+            self.ready.append(self._freeze(h, last))
+            self.next_emit += 1
+            if last:
+                self.complete = True
+                self.finished_at = trio.current_time()
+
+    def _freeze(self, h: _HopState, last: bool) -> Hop:
+        groups: dict[IPAddress, list[TraceProbe]] = {}
+        timeouts = 0
+        for p in h.probes:
+            if p.addr is None:
+                timeouts += 1
+            else:
+                groups.setdefault(p.addr, []).append(p)
+        responders = tuple(
+            Responder(
+                addr,
+                tuple(p.rtt for p in ps if p.rtt is not None),
+                tuple(p.flow for p in ps),
+                next((p.mark for p in ps if p.mark), ""),
+                any(p.destination for p in ps),
+            )
+            for addr, ps in groups.items()
+        )
+        probes = tuple(sorted(h.probes, key=lambda p: p.flow))
+        return Hop(h.ttl, probes, responders, timeouts, last, h.reached, h.mark)
+
+    # -- engine sink -----------------------------------------------------------------------
+
+    def on_event(self, lease: Lease, event: Reply, packet: Packet) -> None:
+        probe: _Probe = lease.probe
+        tracer = self.tracer
+        if event.token is not None and event.token != (
+            self.icmp_token if event.kind is ReplyKind.ECHO_REPLY else self.token
+        ):
+            tracer.foreign += 1
+            return
+        if lease.expired or self.closed:
+            self.late += 1
+            tracer.late += 1
+            return
+        if probe.done:
+            self.duplicates += 1
+            return
+        probe.done = True
+        lease.finish()
+        self.outstanding -= 1
+        h = self._hop(probe.ttl)
+        h.outstanding -= 1
+        addr = ipaddress.ip_address(packet.src)
+        rtt = max(packet.stamp_ns - probe.sent_ns, 0) / 1e9 if probe.sent_ns else None
+        reached = event.terminal and event.from_destination and packet.src == self.dst
+        mark = event.mark
+        if event.terminal and not reached and not mark:
+            mark = "!?"
+        h.probes.append(
+            TraceProbe(
+                probe.ttl,
+                probe.flow,
+                event.kind.value,
+                addr,
+                rtt,
+                mark,
+                reached,
+                packet.ttl,
+                event.info,
+            )
+        )
+        h.addrs[addr] = None
+        if event.terminal and probe.ttl <= self.horizon:
+            self.horizon = probe.ttl
+            if reached:
+                h.reached = True
+            elif not h.mark:
+                h.mark = mark
+        if self.trace.dns:
+            self.tracer._lookup(addr, self.trace.dns_timeout)
+        self._advance()
+        self._notify()
+
+    def on_expire(self, lease: Lease) -> None:
+        probe: _Probe = lease.probe
+        self.outstanding -= 1
+        h = self._hop(probe.ttl)
+        h.outstanding -= 1
+        h.probes.append(TraceProbe(probe.ttl, probe.flow, "timeout"))
+        self._advance()
+        self._notify()
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _notify(self) -> None:
+        for ev in (self._sender_wake, self._consumer_wake):
+            if ev is not None:
+                ev.set()
+
+    async def _sender_wait(self) -> None:
+        self._sender_wake = ev = trio.Event()
+        await ev.wait()
+
+    async def wait(self) -> None:
+        self._consumer_wake = ev = trio.Event()
+        if self.ready or self.complete or self.failure is not None:
+            return
+        await ev.wait()
+
+    async def run_sender(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.CancelScope() as scope:
+            self._scope = scope
+            task_status.started()
+            try:
+                await self._send_all()
+            except Exception as e:  # never let one trace take down the Tracer's nursery
+                self.failure = e
+                self._notify()
+
+    async def _send_all(self) -> None:
+        engine = self.tracer._engine
+        trace = self.trace
+        expiry = trace.expiry
+        window = trace.window
+        fam = self.fam
+        proto, src, dst, dst_str, dport = self.proto, self.src, self.dst, self.dst_str, self.dport
+        v6 = self.v6
+        self.started = trio.current_time()
+        while not self.complete:
+            ttls = self._plan()
+            if not ttls:
+                self._advance()  # a hop short of quota but out of flows is settled now
+                if self.complete:
+                    break
+                await self._sender_wait()
+                continue
+            flow = self.flows_used
+            self.flows_used += 1
+            fid = self.flow_base + flow
+            for ttl in ttls:
+                while self.outstanding >= window and not self.complete:
+                    await self._sender_wait()
+                if ttl > self.horizon or self.complete:
+                    break
+                pid = encode_pid(ttl)
+                key = (dst, proto, fid, pid)
+                probe = _Probe(flow, ttl)
+                try:
+                    lease = engine.register(key, self, expiry, probe)
+                except KeyInUseError:  # cannot happen with reserved flow blocks; stay safe
+                    continue
+                self.leases.append(lease)
+                h = self._hop(ttl)
+                h.sent += 1
+                h.outstanding += 1
+                self.outstanding += 1
+                self.sent += 1
+                data = build_probe(
+                    proto,
+                    src,
+                    dst,
+                    fid,
+                    dport,
+                    pid,
+                    token=self.token,
+                    icmp_token=self.icmp_token,
+                    v6=v6,
+                )
+                try:
+                    probe.sent_ns = await fam.send(proto, src, dst, dst_str, ttl, pid, data)
+                except OSError as e:
+                    lease.release()
+                    raise OSError(e.errno, f"cannot send to {dst_str}: {e.strerror}") from None
+
+    def close(self) -> None:
+        """Stop sending; keep the keys registered a while so stragglers count as late."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._scope is not None:
+            self._scope.cancel()
+        linger = max(_LINGER, 2 * self.trace.expiry)
+        self.tracer._linger(self.leases, self.dst, self.proto, self.flow_base, linger)
+        self.leases = []
+
+
+# -- the Tracer --------------------------------------------------------------------------------
+
+
+class Tracer:
+    """Trace routes to many targets concurrently over one set of raw sockets per family.
+
+    Use it as an async context manager: entering opens the sockets and starts the receive loops
+    (missing privileges raise :class:`~netdiag.errors.PrivilegeError`); leaving cancels every
+    trace still running. A family that cannot be opened does not stop the other: tracing a
+    target of that family raises :class:`FamilyUnavailableError` saying why.
+    """
+
+    def __init__(self, bind: Bind | None = None, *, rcvbuf: int = DEFAULT_RCVBUF) -> None:
+        if bind is not None and not isinstance(bind, Bind):
+            raise TypeError(f"bind must be a netdiag.Bind, not {bind!r}")
+        self.bind = bind or Bind()
+        self.rcvbuf = rcvbuf
+        self._engine = Engine()
+        self._families: dict[bool, _Family | BaseException] = {}
+        self._blocks: dict[tuple[bytes, int], list[tuple[int, int]]] = {}
+        self._cursor = random.randrange(0x10000)
+        self._names: dict[IPAddress, str | None] = {}
+        self._pending_names: dict[IPAddress, trio.Event] = {}
+        #: answers that came after their probe expired or its trace ended (never credited)
+        self.late = 0
+        #: answers that matched a key but carried another trace's token
+        self.foreign = 0
+
+    async def __aenter__(self) -> Tracer:
+        await self._engine.__aenter__()
+        try:
+            self._open()
+        except BaseException:
+            await self._engine.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(self, *exc: Any) -> bool | None:
+        try:
+            return await self._engine.__aexit__(*exc)
+        finally:
+            for fam in self._families.values():
+                if not isinstance(fam, BaseException):
+                    fam.close()
+
+    def _open(self) -> None:
+        errors: list[BaseException] = []
+        for v6 in (False, True):
+            try:
+                self._families[v6] = _Family(v6, self)
+            except (FamilyUnavailableError, OSError) as e:
+                if isinstance(e, PermissionError):
+                    raise
+                self._families[v6] = e
+                errors.append(e)
+        if len(errors) == 2:
+            raise errors[0]
+
+    def _family(self, v6: bool) -> _Family:
+        fam = self._families.get(v6)
+        if fam is None:
+            raise RuntimeError("use the Tracer inside `async with Tracer() as tracer:`")
+        if not isinstance(fam, BaseException):
+            return fam
+        raise FamilyUnavailableError(f"IPv{6 if v6 else 4} unavailable: {fam}")
+
+    @property
+    def engine(self) -> Engine:
+        """The engine (demux table, counters) behind this Tracer, for introspection."""
+        return self._engine
+
+    # -- flow id blocks ----------------------------------------------------------------------
+
+    def _alloc_flows(self, dst: bytes, proto: int, size: int) -> int:
+        """A block of ``size`` flow ids (source ports, or echo identifiers) that no running or
+        lingering trace of this Tracer uses towards ``dst`` with ``proto``."""
+        lo, hi = (0, 0xFFFF) if proto in (PROTO_ICMP, PROTO_ICMP6) else (_PORT_LO, _PORT_HI)
+        span = hi - lo + 1
+        used = self._blocks.setdefault((dst, proto), [])
+        for _ in range(span // size + 2):
+            base = lo + self._cursor % span
+            if base + size - 1 > hi:
+                base = lo
+            self._cursor = base - lo + size
+            if all(base + size <= b or b + s <= base for b, s in used):
+                used.append((base, size))
+                return base
+        raise NetdiagError(f"too many concurrent traces to one target ({len(used)})")
+
+    def _linger(
+        self, leases: list[Lease], dst: bytes, proto: int, base: int, seconds: float
+    ) -> None:
+        def free() -> None:
+            for lease in leases:
+                lease.release()
+            used = self._blocks.get((dst, proto), [])
+            for i, (b, _s) in enumerate(used):
+                if b == base:
+                    del used[i]
+                    break
+
+        async def later() -> None:
+            try:
+                await trio.sleep(seconds)
+            finally:
+                free()
+
+        try:
+            self._engine.nursery.start_soon(later)
+        except RuntimeError:  # the Tracer is closing: nothing can arrive any more
+            free()
+
+    # -- reverse DNS ---------------------------------------------------------------------------
+
+    def _lookup(self, addr: IPAddress, timeout: float) -> None:
+        if addr in self._names or addr in self._pending_names:
+            return
+        done = self._pending_names[addr] = trio.Event()
+
+        async def look() -> None:
+            name = None
+            try:
+                with trio.move_on_after(timeout):
+                    name = await reverse(addr)
+            finally:
+                self._names[addr] = name
+                self._pending_names.pop(addr, None)
+                done.set()
+
+        self._engine.nursery.start_soon(look)
+
+    async def _named(self, hop: Hop, timeout: float) -> Hop:
+        if not hop.responders:
+            return hop
+        with trio.move_on_after(timeout):
+            for r in hop.responders:
+                self._lookup(r.addr, timeout)
+                ev = self._pending_names.get(r.addr)
+                if ev is not None:
+                    await ev.wait()
+        rs = tuple(replace(r, name=self._names.get(r.addr)) for r in hop.responders)
+        return replace(hop, responders=rs)
+
+    # -- tracing -------------------------------------------------------------------------------
+
+    async def trace(self, trace: Trace) -> AsyncIterator[Hop]:
+        """Trace the route and yield each :class:`Hop`, in TTL order, as soon as it is settled.
+        The last one has ``last=True``."""
+        async for hop in self._hops(trace, None):
+            yield hop
+
+    async def route(self, trace: Trace) -> TraceResult:
+        """Run a whole trace and return the route with its counters."""
+        box: list[_Session] = []
+        start = time.monotonic()
+        hops = [hop async for hop in self._hops(trace, box)]
+        s = box[0]
+        elapsed = (s.finished_at - s.started) if s.finished_at else time.monotonic() - start
+        return TraceResult(
+            s.target,
+            trace.proto,
+            trace.dport,
+            tuple(hops),
+            any(h.reached for h in hops),
+            s.sent,
+            s.late,
+            elapsed,
+        )
+
+    def prepare(self, trace: Trace) -> None:
+        """Nothing to open per trace (every socket is opened on entry); kept for symmetry with
+        the Pinger so CLIs can drop privileges after preparing."""
+        if not isinstance(trace, Trace):
+            raise TypeError(f"expected a netdiag.Trace, got {trace!r}")
+
+    async def _hops(self, trace: Trace, box: list[_Session] | None) -> AsyncIterator[Hop]:
+        if not isinstance(trace, Trace):
+            raise TypeError(f"expected a netdiag.Trace, got {trace!r}")
+        target = await resolve(trace.addr)
+        fam = self._family(target.version == 6)
+        src = fam.source(target)
+        session = _Session(self, trace, target, fam, src)
+        if box is not None:
+            box.append(session)
+        try:
+            await self._engine.nursery.start(session.run_sender)
+            while True:
+                while session.ready:
+                    hop = session.ready.popleft()
+                    if trace.dns:
+                        hop = await self._named(hop, trace.dns_timeout)
+                    yield hop
+                if session.failure is not None:
+                    raise session.failure
+                if session.complete:
+                    return
+                await session.wait()
+        finally:
+            session.close()

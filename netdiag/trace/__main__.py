@@ -1,0 +1,173 @@
+"""``python -m netdiag.trace``: traceroute-style multipath trace of one host.
+
+Flags follow traceroute where they exist: ``-I`` ICMP, ``-T`` TCP SYN, ``-U`` UDP (default),
+``-p port``, ``-q N`` (N distinct flows per hop instead of the MDA rule), ``--mda [95|99]``,
+``-m max_ttl``, ``-f first_ttl``, ``-w wait``, ``-N`` probes in flight, ``-n`` (no reverse DNS),
+``-4``/``-6``, ``-s source`` (address or interface), ``--json`` (one document at the end).
+
+Text output is one line per hop, as traceroute prints it; several responders at one hop share
+the line, each followed by its RTTs (at most three shown) and, with more than one flow, how many
+flows reached it. Exit status: 0 when the target answered, 1 when it did not, 2 on bad input or
+missing privileges (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from .. import cli
+from ..resolve import resolve
+from . import Hop, Trace, Tracer
+
+PROG = "netdiag.trace"
+MAX_RTTS_SHOWN = 3
+
+
+def parser() -> cli.Parser:
+    p = cli.Parser(prog=PROG, description="Multipath traceroute (Paris flows, MDA).")
+    p.add_argument("host", help="host name or address")
+    proto = p.add_mutually_exclusive_group()
+    proto.add_argument("-I", dest="proto", action="store_const", const="icmp", help="ICMP echo")
+    proto.add_argument("-T", dest="proto", action="store_const", const="tcp", help="TCP SYN")
+    proto.add_argument(
+        "-U", dest="proto", action="store_const", const="udp", help="UDP (the default)"
+    )
+    p.add_argument(
+        "-p",
+        dest="port",
+        type=cli.int_range(1, 65535, "port"),
+        help="destination port (UDP 33434, TCP 80)",
+    )
+    flows = p.add_mutually_exclusive_group()
+    flows.add_argument(
+        "-q",
+        dest="flows",
+        type=cli.int_range(1, 1024, "probes"),
+        help="send exactly this many distinct flows through every hop (no MDA)",
+    )
+    flows.add_argument(
+        "--mda",
+        nargs="?",
+        const="95",
+        default="95",
+        choices=("95", "99"),
+        help="MDA stopping rule confidence in percent (default 95)",
+    )
+    p.add_argument(
+        "-m", dest="max_ttl", type=cli.int_range(1, 255, "max_ttl"), default=30, help="max TTL"
+    )
+    p.add_argument(
+        "-f",
+        dest="first_ttl",
+        type=cli.int_range(1, 255, "first_ttl"),
+        default=1,
+        help="first TTL",
+    )
+    p.add_argument(
+        "-w",
+        dest="wait",
+        type=cli.seconds(0, 3600, "wait", allow_zero=False),
+        default=1.0,
+        help="seconds to wait for each probe (default 1)",
+    )
+    p.add_argument(
+        "-N",
+        dest="window",
+        type=cli.int_range(1, 65536, "probes in flight"),
+        default=32,
+        help="probes in flight at once (default 32)",
+    )
+    p.add_argument("-n", dest="numeric", action="store_true", help="do not look up names")
+    fam = p.add_mutually_exclusive_group()
+    fam.add_argument("-4", dest="v4", action="store_true", help="use IPv4 only")
+    fam.add_argument("-6", dest="v6", action="store_true", help="use IPv6 only")
+    p.add_argument("-s", dest="source", help="source address or interface name")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    return p
+
+
+def hop_line(hop: Hop, numeric: bool) -> str:
+    """One traceroute line: `` 2  a  0.1 ms  0.1 ms  b  0.2 ms !X``."""
+    parts = [f"{hop.ttl:2d}"]
+    for r in hop.responders:
+        who = str(r.addr) if numeric or not r.name else f"{r.name} ({r.addr})"
+        parts.append(who)
+        for rtt in r.rtts[:MAX_RTTS_SHOWN]:
+            parts.append(f"{cli.fmt_ms(rtt)} ms")
+        if r.mark:
+            parts[-1] += f" {r.mark}"
+        if len(hop.probes) > 1:
+            n = len(r.flows)
+            parts.append(f"[{n} flow{'s' if n != 1 else ''}]")
+    if hop.timeouts:
+        parts.append(" ".join("*" * min(hop.timeouts, MAX_RTTS_SHOWN)))
+    return "  ".join(parts)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.first_ttl > args.max_ttl:
+        cli.fail(PROG, f"first TTL ({args.first_ttl}) exceeds max TTL ({args.max_ttl})")
+    proto = args.proto or "udp"
+    if proto == "icmp" and args.port is not None:
+        cli.fail(PROG, "-p does not apply to ICMP (-I)")
+    version = 4 if args.v4 else 6 if args.v6 else None
+    bind = cli.bind_for(args.source)
+
+    async def body() -> int:
+        addr = await resolve(args.host, version)
+        trace = Trace(
+            addr,
+            proto=proto,
+            port=args.port,
+            first_ttl=args.first_ttl,
+            max_ttl=args.max_ttl,
+            expiry=args.wait,
+            flows=args.flows,
+            confidence=int(args.mda) / 100,
+            max_flows=max(64, args.flows or 0),
+            window=args.window,
+            dns=not args.numeric,
+            dns_timeout=0.5,
+        )
+        hops: list[Hop] = []
+        async with Tracer(bind) as tracer:
+            tracer.prepare(trace)
+            cli.drop_privileges()
+            if not args.json:
+                what = f"{proto} port {trace.dport}" if proto != "icmp" else "icmp"
+                rule = f"{args.flows} flows/hop" if args.flows else f"MDA {args.mda}%"
+                print(
+                    f"traceroute to {args.host} ({addr}), {args.max_ttl} hops max, {what}, {rule}",
+                    flush=True,
+                )
+
+            async def run() -> None:
+                async for hop in tracer.trace(trace):
+                    hops.append(hop)
+                    if not args.json:
+                        print(hop_line(hop, args.numeric), flush=True)
+
+            await cli.until_interrupted(run)
+            late = tracer.late
+        reached = any(h.reached for h in hops)
+        if args.json:
+            cli.print_json(
+                {
+                    "target": str(addr),
+                    "host": args.host,
+                    "protocol": proto,
+                    "port": trace.dport if proto != "icmp" else None,
+                    "reached": reached,
+                    "late": late,
+                    "hops": [h.as_dict() for h in hops],
+                }
+            )
+        return cli.EXIT_OK if reached else cli.EXIT_FAIL
+
+    return cli.run(PROG, body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

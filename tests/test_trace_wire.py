@@ -1,0 +1,601 @@
+"""The tracer without privileges: Paris probe encoding, reply classification, the MDA rule, and
+the whole Tracer session driven over a simulated network with trio's virtual clock.
+
+The simulated network replaces only the sockets (a fake family that turns each probe into the
+ICMP bytes a router would send back); the classifier, the engine with its one demux table and
+expiry heap, and the MDA session logic are the real ones. That is how the "late reply" promise
+is tested exactly: a reply engineered to arrive after its probe expired, while the trace is
+still running and other probes of the same flow are in flight, must be counted as late and
+never credited to anything. (The lab tests cover the same code over real sockets.)
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import random
+import struct
+from collections import deque
+from collections.abc import Callable
+
+import pytest
+import trio
+import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from netdiag.errors import FamilyUnavailableError
+from netdiag.sock import Packet
+from netdiag.trace import Trace, Tracer, _icmp_classifier
+from netdiag.wire.checksum import checksum, pseudo_header_v6
+from netdiag.wire.icmp import Unreach
+from netdiag.wire.ip import build_ipv4_header, parse_ipv4
+from netdiag.wire.trace import (
+    MDA_95,
+    MDA_99,
+    PROTO_ICMP,
+    PROTO_ICMP6,
+    PROTO_TCP,
+    PROTO_UDP,
+    ReplyKind,
+    build_icmp_probe,
+    build_tcp_probe,
+    build_udp_probe,
+    classify_icmp,
+    classify_tcp,
+    decode_pid,
+    encode_pid,
+    key_from_quote,
+    mda_probes,
+    tcp_seq,
+)
+from netdiag.wire.udp import build_udp, build_udp_dpkt, parse_udp, udp_checksum_ok
+
+SRC4, DST4 = bytes([198, 18, 1, 2]), bytes([198, 18, 6, 2])
+R4 = bytes([198, 18, 2, 2])
+SRC6 = ipaddress.IPv6Address("2001:db8:1::2").packed
+DST6 = ipaddress.IPv6Address("2001:db8:6::2").packed
+R6 = ipaddress.IPv6Address("2001:db8:2::2").packed
+
+ttls = st.integers(1, 255)
+attempts = st.integers(0, 0xFE)
+ports = st.integers(1, 65535)
+
+
+# -- probe identity ----------------------------------------------------------------------------
+
+
+@given(ttls, attempts)
+def test_pid_round_trip(ttl: int, attempt: int) -> None:
+    pid = encode_pid(ttl, attempt)
+    assert 0 < pid < 0xFFFF
+    assert decode_pid(pid) == (ttl, attempt)
+
+
+@pytest.mark.parametrize(("ttl", "attempt"), [(0, 0), (256, 0), (1, -1), (1, 0xFF)])
+def test_pid_rejects_out_of_range(ttl: int, attempt: int) -> None:
+    with pytest.raises(ValueError):
+        encode_pid(ttl, attempt)
+
+
+def test_pids_unique_per_ttl_and_attempt() -> None:
+    pids = {encode_pid(t, a) for t in range(1, 256) for a in range(0, 0xFF)}
+    assert len(pids) == 255 * 255
+
+
+# -- UDP: checksum is the probe id, ports are the flow ---------------------------------------
+
+
+@given(st.binary(min_size=4, max_size=4), st.binary(min_size=4, max_size=4), ports, ports, ttls)
+def test_udp_probe_checksum_is_pid_v4(src: bytes, dst: bytes, sport: int, dport: int, ttl: int):
+    pid = encode_pid(ttl)
+    d = build_udp_probe(src, dst, sport, dport, pid)
+    h = parse_udp(d)
+    assert h is not None
+    assert (h.sport, h.dport, h.length, h.checksum) == (sport, dport, len(d), pid)
+    assert udp_checksum_ok(src, dst, d)
+
+
+@given(st.binary(min_size=16, max_size=16), ports, ttls, attempts)
+def test_udp_probe_checksum_is_pid_v6(src: bytes, sport: int, ttl: int, attempt: int) -> None:
+    pid = encode_pid(ttl, attempt)
+    d = build_udp_probe(src, DST6, sport, 33434, pid)
+    assert struct.unpack_from("!H", d, 6)[0] == pid
+    assert udp_checksum_ok(src, DST6, d)
+    # What the kernel does with IPV6_CHECKSUM: zero the field, sum, complement. Same value.
+    zeroed = d[:6] + b"\x00\x00" + d[8:]
+    assert checksum(pseudo_header_v6(src, DST6, 17, len(d)) + zeroed) == pid
+
+
+def test_udp_flow_fields_constant_across_ttls() -> None:
+    """Every probe of a flow hashes the same: ports and length identical at every TTL."""
+    heads = {build_udp_probe(SRC4, DST4, 61234, 33434, encode_pid(t))[:6] for t in range(1, 31)}
+    assert len(heads) == 1
+    cks = {build_udp_probe(SRC4, DST4, 61234, 33434, encode_pid(t))[6:8] for t in range(1, 31)}
+    assert len(cks) == 30
+
+
+@given(st.binary(min_size=4, max_size=4), ports, ports, st.binary(max_size=64))
+def test_build_udp_matches_dpkt(src: bytes, sport: int, dport: int, payload: bytes) -> None:
+    assert build_udp(src, DST4, sport, dport, payload) == build_udp_dpkt(
+        src, DST4, sport, dport, payload
+    )
+
+
+# -- ICMP: identifier is the flow, checksum constant within it --------------------------------
+
+
+def test_icmp_checksum_constant_within_flow_v4() -> None:
+    token = b"\x01\x02\x03\x04"
+    probes = [
+        build_icmp_probe(4242, encode_pid(t, a), token, False)
+        for t in (1, 7, 30, 255)
+        for a in (0, 3)
+    ]
+    assert len({p[:4] for p in probes}) == 1  # type, code, checksum: what balancers hash
+    assert len({p[4:6] for p in probes}) == 1  # identifier
+    assert len({p[6:8] for p in probes}) == 8  # sequence = probe id
+    assert all(checksum(p) == 0 for p in probes)  # and every checksum is valid
+    other = build_icmp_probe(4243, encode_pid(1), token, False)
+    assert other[2:4] != probes[0][2:4]  # another flow hashes differently
+
+
+def test_icmp_checksum_constant_within_flow_v6() -> None:
+    """ICMPv6 checksums are filled by the kernel; compute what it will write."""
+
+    def kernel_ck(p: bytes) -> int:
+        return checksum(pseudo_header_v6(SRC6, DST6, 58, len(p)) + p)
+
+    token = b"abcd"
+    cks = {kernel_ck(build_icmp_probe(7, encode_pid(t), token, True)) for t in range(1, 40)}
+    assert len(cks) == 1
+
+
+def test_tcp_probe_seq_carries_token_and_pid() -> None:
+    for v6, src, dst in ((False, SRC4, DST4), (True, SRC6, DST6)):
+        segs = [
+            build_tcp_probe(src, dst, 61000, 80, encode_pid(t), 0xBEEF, v6_kernel_csum=v6)
+            for t in range(1, 20)
+        ]
+        assert len({s[:4] for s in segs}) == 1  # ports
+        for t, s in enumerate(segs, 1):
+            (seq,) = struct.unpack_from("!I", s, 4)
+            assert seq == tcp_seq(0xBEEF, encode_pid(t))
+            assert decode_pid(seq & 0xFFFF) == (t, 0)
+        if not v6:
+            assert checksum(SRC4 + DST4 + struct.pack("!BBH", 0, 6, len(segs[0])) + segs[0]) == 0
+
+
+# -- classification of crafted replies ----------------------------------------------------------
+
+
+def v4_probe(proto: int, flow: int, ttl: int, dport: int = 33434) -> bytes:
+    pid = encode_pid(ttl)
+    if proto == PROTO_UDP:
+        l4 = build_udp_probe(SRC4, DST4, flow, dport, pid)
+    elif proto == PROTO_TCP:
+        l4 = build_tcp_probe(SRC4, DST4, flow, dport, pid, 0x1234, v6_kernel_csum=False)
+    else:
+        l4 = build_icmp_probe(flow, pid, b"tokn", False)
+    return build_ipv4_header(SRC4, DST4, proto, len(l4), ttl=1, ident=pid) + l4
+
+
+def icmp4_error(router: bytes, typ: int, code: int, quote: bytes, rest: int = 0) -> bytes:
+    body = struct.pack("!BBHI", typ, code, 0, rest) + quote
+    return build_ipv4_header(router, SRC4, 1, len(body), ttl=63) + body
+
+
+def v6_header(nxt: int, plen: int, src: bytes = SRC6, dst: bytes = DST6) -> bytes:
+    return struct.pack("!IHBB16s16s", 6 << 28, plen, nxt, 1, src, dst)
+
+
+@pytest.mark.parametrize("proto", [PROTO_UDP, PROTO_TCP, PROTO_ICMP])
+@pytest.mark.parametrize("cut", [8, None])  # routers quoting 8 bytes, or the whole probe
+def test_time_exceeded_v4_gives_exact_key(proto: int, cut: int | None) -> None:
+    probe = v4_probe(proto, 61007, ttl=5)
+    quote = probe[: 20 + cut] if cut else probe
+    got = classify_icmp(icmp4_error(R4, 11, 0, quote), False, R4, ip_header=True)
+    assert got is not None
+    key, reply = got
+    assert key == (DST4, proto, 61007, encode_pid(5))
+    assert reply.kind is ReplyKind.TIME_EXCEEDED
+    assert not reply.terminal and reply.mark == ""
+    if proto == PROTO_TCP:
+        assert reply.token == 0x1234
+
+
+def test_unreachable_marks_v4() -> None:
+    probe = v4_probe(PROTO_UDP, 61001, ttl=3)
+    cases = {
+        (3, 13): ("!X", True),
+        (3, 10): ("!X", True),
+        (3, 1): ("!H", True),
+        (3, 0): ("!N", True),
+        (3, 2): ("!P", True),
+        (3, 3): ("", True),  # port unreachable: arrival
+    }
+    for (typ, code), (mark, terminal) in cases.items():
+        _, reply = classify_icmp(icmp4_error(R4, typ, code, probe), False, R4, True)  # type: ignore[misc]
+        assert (reply.mark, reply.terminal) == (mark, terminal), (typ, code)
+    _, frag = classify_icmp(icmp4_error(R4, 3, 4, probe, rest=1400), False, R4, True)  # type: ignore[misc]
+    assert frag.unreach is Unreach.FRAG_NEEDED and not frag.terminal and frag.mark == "!F-1400"
+    _, pp = classify_icmp(icmp4_error(R4, 12, 0, probe, rest=8 << 24), False, R4, True)  # type: ignore[misc]
+    assert pp.kind is ReplyKind.PARAMETER_PROBLEM and pp.info == 8 and not pp.terminal
+
+
+def test_port_unreachable_is_destination() -> None:
+    probe = v4_probe(PROTO_UDP, 61001, ttl=9)
+    key, reply = classify_icmp(icmp4_error(DST4, 3, 3, probe), False, DST4, True)  # type: ignore[misc]
+    assert reply.from_destination and reply.terminal
+    assert key == (DST4, PROTO_UDP, 61001, encode_pid(9))
+
+
+def _v6_udp_probe(ttl: int, ext: bytes = b"", first_nxt: int = 17) -> bytes:
+    l4 = build_udp_probe(SRC6, DST6, 61002, 33434, encode_pid(ttl))
+    return v6_header(first_nxt, len(ext) + len(l4)) + ext + l4
+
+
+@pytest.mark.parametrize(
+    ("ext", "first"),
+    [
+        (b"", 17),
+        (bytes([17, 0]) + bytes(6), 0),  # hop-by-hop options (8 bytes)
+        (bytes([17, 1]) + bytes(14), 60),  # destination options (16 bytes)
+        (bytes([17, 0, 0, 0]) + struct.pack("!I", 77), 44),  # fragment header, first fragment
+        (bytes([60, 0]) + bytes(6) + bytes([17, 0]) + bytes(6), 0),  # hop-by-hop + dest opts
+    ],
+)
+def test_quoted_ipv6_extension_headers_are_walked(ext: bytes, first: int) -> None:
+    probe = _v6_udp_probe(4, ext, first)
+    for typ, code, kind in ((3, 0, ReplyKind.TIME_EXCEEDED), (1, 1, ReplyKind.UNREACHABLE)):
+        msg = struct.pack("!BBHI", typ, code, 0, 0) + probe
+        got = classify_icmp(msg, True, R6, ip_header=False)
+        assert got is not None
+        key, reply = got
+        assert key == (DST6, PROTO_UDP, 61002, encode_pid(4))
+        assert reply.kind is kind
+    # IPv6 admin-prohibited ends a trace exactly as IPv4's does
+    assert reply.terminal and reply.mark == "!X"
+
+
+def test_non_first_fragment_quote_is_not_ours() -> None:
+    ext = bytes([17, 0]) + struct.pack("!H", 8 << 3) + struct.pack("!I", 77)
+    msg = struct.pack("!BBHI", 3, 0, 0, 0) + _v6_udp_probe(4, ext, 44)
+    assert classify_icmp(msg, True, R6, ip_header=False) is None
+
+
+def test_icmpv6_packet_too_big_and_param_problem_reported() -> None:
+    probe = _v6_udp_probe(2)
+    _, ptb = classify_icmp(struct.pack("!BBHI", 2, 0, 0, 1280) + probe, True, R6, False)  # type: ignore[misc]
+    assert ptb.kind is ReplyKind.PACKET_TOO_BIG and ptb.info == 1280
+    assert not ptb.terminal and ptb.mark == "!F-1280"
+    _, pp = classify_icmp(struct.pack("!BBHI", 4, 1, 0, 40) + probe, True, R6, False)  # type: ignore[misc]
+    assert pp.kind is ReplyKind.PARAMETER_PROBLEM and pp.info == 40 and pp.mark == "!PP"
+
+
+def test_echo_reply_and_quoted_echo_v6() -> None:
+    req = build_icmp_probe(99, encode_pid(6), b"TOKN", True)
+    reply = bytes([129]) + req[1:]
+    key, r = classify_icmp(reply, True, DST6, ip_header=False)  # type: ignore[misc]
+    assert key == (DST6, PROTO_ICMP6, 99, encode_pid(6))
+    assert r.kind is ReplyKind.ECHO_REPLY and r.token == b"TOKN" and r.from_destination
+    quoted = v6_header(58, len(req)) + req
+    key2, r2 = classify_icmp(struct.pack("!BBHI", 3, 0, 0, 0) + quoted, True, R6, False)  # type: ignore[misc]
+    assert key2 == key and r2.kind is ReplyKind.TIME_EXCEEDED
+    # our own echo *request* looping back is not an answer
+    assert classify_icmp(req, True, DST6, ip_header=False) is None
+
+
+@pytest.mark.parametrize("v6", [False, True])
+def test_tcp_answers(v6: bool) -> None:
+    src, dst = (SRC6, DST6) if v6 else (SRC4, DST4)
+    seq = tcp_seq(0xABCD, encode_pid(7))
+
+    def seg(flags: int, ack: int) -> bytes:
+        tcp = struct.pack("!HHIIBBHHH", 80, 61005, 555, ack, 5 << 4, flags, 100, 0, 0)
+        return tcp if v6 else build_ipv4_header(dst, src, 6, len(tcp)) + tcp
+
+    for flags, kind in ((0x12, ReplyKind.TCP_SYN_ACK), (0x14, ReplyKind.TCP_RST)):
+        got = classify_tcp(seg(flags, seq + 1), v6, dst, ip_header=not v6)
+        assert got is not None
+        key, r = got
+        assert key == (dst, PROTO_TCP, 61005, encode_pid(7))
+        assert r.kind is kind and r.token == 0xABCD and r.from_destination and r.terminal
+    assert classify_tcp(seg(0x02, 0), v6, dst, not v6) is None  # a SYN (ours, looped back)
+    assert classify_tcp(seg(0x10, seq + 1), v6, dst, not v6) is None  # a bare ACK
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=200), st.booleans())
+def test_classifiers_never_raise(data: bytes, v6: bool) -> None:
+    for ip in (False, True):
+        classify_icmp(data, v6, SRC4, ip_header=ip)
+        classify_tcp(data, v6, SRC4, ip_header=ip)
+
+
+def test_key_from_quote_short_quote() -> None:
+    ip = parse_ipv4(v4_probe(PROTO_UDP, 61000, 3)[:24])
+    assert ip is not None and key_from_quote(ip) is None
+
+
+# -- MDA ---------------------------------------------------------------------------------------
+
+
+def test_mda_tables() -> None:
+    assert [mda_probes(k) for k in range(1, 11)] == list(MDA_95)
+    assert [mda_probes(k, 0.99) for k in range(1, 6)] == list(MDA_99)
+    assert MDA_95[:3] == (6, 11, 16) and MDA_99[:2] == (8, 15)
+
+
+def test_mda_formula_beyond_the_table() -> None:
+    assert mda_probes(11) > MDA_95[-1]
+    assert mda_probes(6, 0.99) > MDA_99[-1]
+    seq = [mda_probes(k, 0.99) for k in range(1, 30)]
+    assert seq == sorted(seq) and len(set(seq)) == len(seq)
+    # the rule's meaning: with k equally likely next hops, n probes all miss a (k+1)-th one
+    # with probability at most alpha (for k=1: 2 * 2**-6 < 0.05)
+    assert 2 * 0.5 ** mda_probes(1) <= 0.05 < 2 * 0.5 ** (mda_probes(1) - 1)
+
+
+@pytest.mark.parametrize("bad", [0, -1])
+def test_mda_rejects_bad_k(bad: int) -> None:
+    with pytest.raises(ValueError):
+        mda_probes(bad)
+
+
+@pytest.mark.parametrize("bad", [0.0, 1.0, 95])
+def test_mda_rejects_bad_confidence(bad: float) -> None:
+    with pytest.raises(ValueError):
+        mda_probes(1, bad)
+
+
+# -- Trace validation ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kw", "exc"),
+    [
+        ({"proto": "sctp"}, ValueError),
+        ({"proto": "icmp", "port": 80}, ValueError),
+        ({"port": 0}, ValueError),
+        ({"first_ttl": 5, "max_ttl": 4}, ValueError),
+        ({"max_ttl": 256}, ValueError),
+        ({"expiry": 0}, ValueError),
+        ({"flows": 0}, ValueError),
+        ({"flows": 100, "max_flows": 64}, ValueError),
+        ({"confidence": 95}, ValueError),
+        ({"window": 0}, ValueError),
+        ({"max_ttl": 3.0}, TypeError),
+        ({"dns": "yes"}, TypeError),
+    ],
+)
+def test_trace_validation(kw: dict, exc: type) -> None:
+    with pytest.raises(exc):
+        Trace("198.18.6.2", **kw)
+
+
+def test_trace_defaults() -> None:
+    assert Trace("x").dport == 33434
+    assert Trace("x", proto="tcp").dport == 80
+    assert Trace("x", proto="icmp").dport == 0
+    with pytest.raises(TypeError):
+        Trace(42)  # type: ignore[arg-type]
+
+
+# -- the Tracer over a simulated diamond, virtual time ------------------------------------------
+
+#: Simulated topology: src -> r1 -> {r2a | r2b} -> r3 -> dst, branch chosen by hashing the
+#: flow's source port (a Paris-respecting balancer), r3 answering from the branch's address.
+R1, R2A, R2B = bytes([198, 18, 1, 1]), bytes([198, 18, 2, 2]), bytes([198, 18, 3, 2])
+R3A, R3B = bytes([198, 18, 4, 2]), bytes([198, 18, 5, 2])
+
+Delay = Callable[[int, int, int], float | None]  # (ttl, sport, nth probe) -> seconds or drop
+
+
+class FakeSock:
+    v6 = False
+
+    def __init__(self) -> None:
+        self.queue: deque[Packet] = deque()
+        self.ready = trio.Event()
+
+    async def wait_readable(self) -> None:
+        while not self.queue:
+            self.ready = trio.Event()
+            await self.ready.wait()
+
+    def recv_batch(self, limit: int = 512) -> tuple[list[Packet], None]:
+        out = list(self.queue)
+        self.queue.clear()
+        return out, None
+
+    def deliver(self, data: bytes, src: bytes) -> None:
+        now = int(trio.current_time() * 1e9)
+        self.queue.append(Packet(data, src, SRC4, 60, now, True))
+        self.ready.set()
+
+    def close(self) -> None:
+        pass
+
+
+class SimFamily:
+    """Stands in for the sockets of one family; answers every probe as the diamond would."""
+
+    v6 = False
+
+    def __init__(self, tracer: Tracer, delay: Delay, hash_: Callable[[int], int]) -> None:
+        self.sock = FakeSock()
+        self.tracer = tracer
+        self.delay = delay
+        self.hash = hash_
+        self.sent: list[tuple[int, int, int]] = []
+        tracer.engine.add_socket(self.sock, _icmp_classifier(False))  # type: ignore[arg-type]
+
+    def source(self, dst: object) -> bytes:
+        return SRC4
+
+    async def send(
+        self, proto: int, src: bytes, dst: bytes, dst_str: str, ttl: int, pid: int, data: bytes
+    ) -> int:
+        sport = struct.unpack_from("!H", data)[0]
+        nth = sum(1 for t, s, _ in self.sent if (t, s) == (ttl, sport))
+        self.sent.append((ttl, sport, pid))
+        wait = self.delay(ttl, sport, nth)
+        if wait is not None:
+            branch = self.hash(sport)
+            router = {1: R1, 2: (R2A, R2B)[branch], 3: (R3A, R3B)[branch]}.get(ttl, dst)
+            typ, code = (11, 0) if ttl < 4 else (3, 3)
+            quote = build_ipv4_header(src, dst, proto, len(data), ttl=1, ident=pid) + data
+            reply = icmp4_error(router, typ, code, quote)
+
+            async def later() -> None:
+                await trio.sleep(wait)
+                self.sock.deliver(reply, router)
+
+            self.tracer.engine.nursery.start_soon(later)
+        return int(trio.current_time() * 1e9)
+
+    def close(self) -> None:
+        pass
+
+
+class SimTracer(Tracer):
+    def __init__(self, delay: Delay, hash_: Callable[[int], int] = lambda p: p % 2) -> None:
+        super().__init__()
+        self._delay = delay
+        self._hash = hash_
+        self.fam: SimFamily | None = None
+
+    def _open(self) -> None:
+        self.fam = SimFamily(self, self._delay, self._hash)
+        self._families[False] = self.fam  # type: ignore[assignment]
+        self._families[True] = FamilyUnavailableError("simulated IPv4 only")
+
+
+def run_virtual(fn: Callable[[], object]) -> object:
+    return trio.run(fn, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def addrs(*packed: bytes) -> frozenset:
+    return frozenset(ipaddress.ip_address(p) for p in packed)
+
+
+def test_sim_mda_finds_both_branches_and_follows_the_rule() -> None:
+    async def main():  # type: ignore[no-untyped-def]
+        async with SimTracer(lambda ttl, sport, n: 0.001) as t:
+            r = await t.route(Trace("198.18.6.2", expiry=1.0))
+            return r, t.fam
+
+    r, _fam = run_virtual(main)  # type: ignore[misc]
+    assert [h.addrs for h in r.hops] == [
+        addrs(R1),
+        addrs(R2A, R2B),
+        addrs(R3A, R3B),
+        addrs(DST4),
+    ]
+    assert r.reached and r.hops[-1].last and not any(h.last for h in r.hops[:-1])
+    assert r.late == 0
+    flows_at = {h.ttl: len(h.probes) for h in r.hops}
+    assert flows_at[1] == MDA_95[0] and flows_at[4] == MDA_95[0]  # one next hop: 6 flows
+    assert flows_at[2] >= MDA_95[1] and flows_at[3] >= MDA_95[1]  # two: at least 11
+    # Paris: each flow took one branch at every TTL -- its r2 and r3 agree
+    for flow in range(flows_at[2]):
+        at2 = {p.addr for p in r.hops[1].probes if p.flow == flow}
+        at3 = {p.addr for p in r.hops[2].probes if p.flow == flow}
+        if at2 and at3:
+            assert (at2 == addrs(R2A)) == (at3 == addrs(R3A))
+    # the whole route took about one round trip of virtual time, not hops x probes x expiry
+    assert r.elapsed < 0.1
+
+
+def test_sim_fixed_flows_mode() -> None:
+    async def main():  # type: ignore[no-untyped-def]
+        async with SimTracer(lambda ttl, sport, n: 0.001) as t:
+            return await t.route(Trace("198.18.6.2", flows=3))
+
+    r = run_virtual(main)
+    assert [len(h.probes) for h in r.hops] == [3, 3, 3, 3]  # type: ignore[attr-defined]
+
+
+def test_sim_silent_hop_times_out_and_tracing_goes_on() -> None:
+    async def main():  # type: ignore[no-untyped-def]
+        async with SimTracer(lambda ttl, sport, n: None if ttl == 1 else 0.001) as t:
+            return await t.route(Trace("198.18.6.2", expiry=0.5))
+
+    r = run_virtual(main)
+    h1 = r.hops[0]  # type: ignore[attr-defined]
+    assert h1.responders == () and h1.timeouts == MDA_95[0]
+    assert r.reached and r.hops[-1].addrs == addrs(DST4)  # type: ignore[attr-defined]
+    assert 0.5 <= r.elapsed < 0.6  # one expiry, not one per hop  # type: ignore[attr-defined]
+
+
+def test_sim_late_reply_counted_late_never_credited() -> None:
+    """Flow 0's probe at TTL 2 is answered 1.5 expiries after it left. Meanwhile odd flows'
+    TTL-2 answers take 0.9 expiries, so the MDA's second wave (sent when r2b shows up) is still
+    in flight -- further probes at the same TTL, through the same router -- when the straggler
+    arrives. It must be counted late and change nothing."""
+    expiry = 1.0
+    first_port = 61000  # the cursor is set so flow i has source port 61000 + i
+
+    def delay(ttl: int, sport: int, nth: int) -> float | None:
+        if ttl == 2 and sport == first_port:
+            return 1.5 * expiry
+        if ttl == 2 and sport % 2 == 1:
+            return 0.9 * expiry
+        return 0.001
+
+    async def main():  # type: ignore[no-untyped-def]
+        async with SimTracer(delay) as t:
+            t._cursor = 0
+            r = await t.route(Trace("198.18.6.2", expiry=expiry))
+            return r, t.late
+
+    r, late_total = run_virtual(main)  # type: ignore[misc]
+    hop2 = r.hops[1]
+    assert r.late == 1 and late_total == 1
+    p = next(p for p in hop2.probes if p.flow == 0)
+    assert p.kind == "timeout" and p.addr is None
+    # nothing was credited with the straggler: every answer's RTT is what its own probe got
+    rtts = [p.rtt for h in r.hops for p in h.probes if p.rtt is not None]
+    assert max(rtts) < expiry
+    assert hop2.addrs == addrs(R2A, R2B)
+    for p in hop2.probes:  # each answer belongs to its own flow's branch
+        if p.flow != 0:
+            assert p.addr == ipaddress.ip_address((R2A, R2B)[p.flow % 2])
+    assert r.elapsed > 1.5 * expiry  # the straggler really arrived while the trace ran
+
+
+def test_sim_concurrent_traces_use_disjoint_flows_and_linger() -> None:
+    async def main():  # type: ignore[no-untyped-def]
+        async with SimTracer(lambda ttl, sport, n: 0.001) as t:
+            async with trio.open_nursery() as n:
+                results: list = []
+
+                async def one() -> None:
+                    results.append(await t.route(Trace("198.18.6.2", expiry=0.2, max_flows=32)))
+
+                for _ in range(3):
+                    n.start_soon(one)
+            ports = [{s for _, s, _ in t.fam.sent}]  # type: ignore[union-attr]
+            blocks = sorted(t._blocks[(DST4, PROTO_UDP)])
+            # finished traces keep their blocks (and keys) until the linger ends...
+            assert len(blocks) == 3
+            await trio.sleep(5)
+            return results, ports, blocks, sorted(t._blocks[(DST4, PROTO_UDP)]), len(t.engine.table)
+
+    results, _ports, blocks, after, table = run_virtual(main)  # type: ignore[misc]
+    for (b1, s1), (b2, _s2) in itertools.pairwise(blocks):
+        assert b1 + s1 <= b2
+    assert after == [] and table == 0  # ...then free them and their keys
+    assert all(r.reached for r in results)
+
+
+def test_alloc_flows_wraps_and_refuses_when_full() -> None:
+    t = Tracer()
+    t._cursor = random.randrange(1 << 16)
+    seen = [t._alloc_flows(DST4, PROTO_UDP, 1024) for _ in range(4)]
+    assert all(b >= 61000 and b + 1024 - 1 <= 65535 for b in seen)
+    assert len(set(seen)) == 4
+    with pytest.raises(Exception, match="too many concurrent traces"):
+        t._alloc_flows(DST4, PROTO_UDP, 1024)
+    assert 0 <= t._alloc_flows(DST4, PROTO_ICMP, 1024) <= 0xFFFF - 1023
