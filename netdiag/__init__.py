@@ -20,12 +20,14 @@ from .ping import Ping, Pinger, PingError, PingResult, PingStats
 from .resolve import resolve
 from .sock import Bind
 from .stats import RttStats
+from .trace import Hop, Responder, Trace, TraceProbe, Tracer, TraceResult
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Bind",
     "FamilyUnavailableError",
+    "Hop",
     "KeyInUseError",
     "Knock",
     "KnockError",
@@ -40,6 +42,11 @@ __all__ = [
     "Pinger",
     "PrivilegeError",
     "ResolveError",
+    "Responder",
     "RttStats",
+    "Trace",
+    "TraceProbe",
+    "TraceResult",
+    "Tracer",
     "resolve",
 ]
