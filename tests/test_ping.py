@@ -174,7 +174,7 @@ def _packet(stamp: int) -> Packet:
 
 def test_duplicates_and_forgeries_are_told_apart() -> None:
     s, target = _session()
-    probe = _Probe(target, 1, b"token123")
+    probe = _Probe(target, 1, b"token123", 0.0)
     probe.sent_ns = 1_000_000
     s.outstanding = 1
     lease = _FakeLease(probe)
@@ -194,7 +194,7 @@ def test_duplicates_and_forgeries_are_told_apart() -> None:
 
 def test_late_reply_is_not_counted_as_received() -> None:
     s, target = _session()
-    probe = _Probe(target, 1, b"token123")
+    probe = _Probe(target, 1, b"token123", 0.0)
     probe.sent_ns = 1
     lease = _FakeLease(probe)
     s.on_expire(lease)  # type: ignore[arg-type]
@@ -251,3 +251,18 @@ def test_module_importable_without_privileges() -> None:
         check=True,
     )
     assert "Pinger" in out.stdout
+
+
+@privileged
+async def test_answered_probes_are_forgotten_as_the_ping_goes_on() -> None:
+    """A long ping keeps a bounded table: leases are released 2 x expiry after their deadline,
+    answered or not, instead of piling up until the ping ends."""
+    async with Pinger() as pinger:
+        peak = 0
+        n = 0
+        async for r in pinger.results(Ping("127.0.0.1", count=60, interval=0.01, expiry=0.02)):
+            n += r.kind == "reply"
+            peak = max(peak, len(pinger.engine.table))
+        assert n == 60
+        # (0.02 expiry + 0.04 grace) / 0.01 interval = 6 live probes, plus scheduling slack.
+        assert peak < 20

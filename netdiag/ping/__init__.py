@@ -265,12 +265,13 @@ class _Target:
 
 
 class _Probe:
-    __slots__ = ("answered", "sent_ns", "seq", "target", "token")
+    __slots__ = ("answered", "due", "sent_ns", "seq", "target", "token")
 
-    def __init__(self, target: _Target, seq: int, token: bytes) -> None:
+    def __init__(self, target: _Target, seq: int, token: bytes, due: float) -> None:
         self.target = target
         self.seq = seq
         self.token = token
+        self.due = due  # the original deadline: lease.deadline becomes inf once answered
         self.sent_ns = 0
         self.answered = False
 
@@ -412,7 +413,7 @@ class _Session:
                     unyielded = 0
                 unyielded += 1
                 token = getrandbits(64).to_bytes(8, "big")[:tlen]
-                probe = _Probe(target, seq, token)
+                probe = _Probe(target, seq, token, now + expiry)
                 fam = target.fam
                 if fam.dgram:
                     wire_seq = fam.next_seq()
@@ -445,7 +446,7 @@ class _Session:
             # Forget probes old enough that no reply can matter any more: memory stays bounded
             # on a ping that runs for days.
             now = trio.current_time()
-            while leases and leases[0].deadline + grace < now:
+            while leases and leases[0].probe.due + grace < now:
                 leases.popleft().release()
 
     def close(self) -> None:

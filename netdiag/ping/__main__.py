@@ -9,6 +9,7 @@ usage or permission errors.
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from collections.abc import Sequence
@@ -26,7 +27,19 @@ PROG = "netdiag.ping"
 
 def parser() -> cli.Parser:
     p = cli.Parser(prog=PROG, description="Send ICMP echo requests (like iputils ping).")
-    p.add_argument("hosts", nargs="+", metavar="host", help="host names or addresses")
+    p.add_argument("hosts", nargs="*", metavar="host", help="host names or addresses")
+    p.add_argument(
+        "-f",
+        dest="file",
+        metavar="FILE",
+        help="mass ping (fping style): read targets from FILE, one per line ('-': stdin)",
+    )
+    p.add_argument(
+        "--rate",
+        type=cli.seconds(0, 1e7, "rate", allow_zero=False),
+        metavar="PPS",
+        help="mass ping: at most PPS requests per second (default: as fast as possible)",
+    )
     p.add_argument(
         "-c",
         dest="count",
@@ -68,10 +81,19 @@ def parser() -> cli.Parser:
     )
     p.add_argument("-I", dest="source", help="source address or interface name")
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--unprivileged", dest="privileged", action="store_false", default=None,
-                      help="use ICMP datagram sockets (no CAP_NET_RAW; needs ping_group_range)")
-    mode.add_argument("--privileged", dest="privileged", action="store_true",
-                      help="use raw sockets only (default: raw if permitted, else datagram)")
+    mode.add_argument(
+        "--unprivileged",
+        dest="privileged",
+        action="store_false",
+        default=None,
+        help="use ICMP datagram sockets (no CAP_NET_RAW; needs ping_group_range)",
+    )
+    mode.add_argument(
+        "--privileged",
+        dest="privileged",
+        action="store_true",
+        help="use raw sockets only (default: raw if permitted, else datagram)",
+    )
     fam = p.add_mutually_exclusive_group()
     fam.add_argument("-4", dest="v4", action="store_true", help="use IPv4 only")
     fam.add_argument("-6", dest="v6", action="store_true", help="use IPv6 only")
@@ -135,12 +157,129 @@ def _header(run: HostRun) -> str:
     return f"PING {run.host} ({run.addr}) {p.size}({p.size + 28}) bytes of data."
 
 
+def _read_targets(path: str) -> list[str]:
+    """Targets from a file, fping style: one per line, blank lines and '#' comments skipped."""
+    try:
+        if path == "-":
+            lines = sys.stdin.read().splitlines()
+        else:
+            with open(path) as f:
+                lines = f.read().splitlines()
+    except OSError as e:
+        cli.fail(PROG, f"cannot read {path}: {e.strerror}")
+    return [t for line in lines if (t := line.split("#", 1)[0].strip())]
+
+
+def _mass(args: argparse.Namespace, hosts: list[str], version: int | None, df: bool | None) -> int:
+    """fping-style mass ping: one sweep over every target, a summary line per target."""
+    text = not (args.json or args.csv)
+    stats: dict[IPAddress, PingStats] = {}
+    names: dict[IPAddress, str] = {}
+    clock = {"start": 0.0, "end": 0.0}
+
+    async def body() -> int:
+        addrs = []
+        for host in hosts:
+            addr = await resolve(host, version)
+            if addr not in stats:
+                stats[addr] = PingStats()
+                names[addr] = host
+                addrs.append(addr)
+        # Validate every option before any packet leaves.
+        Ping(
+            addrs[0],
+            count=args.count,
+            interval=args.interval,
+            expiry=args.timeout,
+            size=args.size,
+            ttl=args.ttl,
+            tos=args.tos,
+            df=df,
+        )
+        async with Pinger(cli.bind_for(args.source), privileged=args.privileged) as pinger:
+            pinger.prepare(Ping(addrs[0], df=df))
+            cli.drop_privileges()
+
+            async def sweep() -> None:
+                clock["start"] = time.monotonic()
+                async for r in pinger.sweep(
+                    addrs,
+                    count=args.count,
+                    interval=args.interval,
+                    expiry=args.timeout,
+                    size=args.size,
+                    ttl=args.ttl,
+                    tos=args.tos,
+                    df=df,
+                    rate=args.rate,
+                ):
+                    stats[r.addr].add(r)
+                    if args.csv and r.kind == "reply" and not r.duplicate and r.rtt is not None:
+                        print(f"{r.addr},{r.seq},{round(r.rtt * 1e6)}")
+
+            try:
+                await cli.until_interrupted(sweep)
+            finally:
+                clock["end"] = time.monotonic()
+        sent = sum(s.sent for s in stats.values())
+        received = sum(s.received for s in stats.values())
+        alive = sum(1 for s in stats.values() if s.received)
+        elapsed = clock["end"] - clock["start"]
+        if args.json:
+            cli.print_json(
+                {
+                    "targets": len(stats),
+                    "alive": alive,
+                    "sent": sent,
+                    "received": received,
+                    "elapsed": elapsed,
+                    "pings": [
+                        {"host": names[a], "addr": str(a), "stats": s.as_dict()}
+                        for a, s in stats.items()
+                    ],
+                }
+            )
+        elif text:
+            width = max(len(str(a)) for a in stats)
+            if not args.quiet:
+                for a, s in stats.items():
+                    line = (
+                        f"{a!s:<{width}} : xmt/rcv/%loss = "
+                        f"{s.sent}/{s.received}/{s.loss * 100:.0f}%"
+                    )
+                    if s.rtt.count:
+                        vals = "/".join(
+                            f"{v * 1000:.3f}" for v in (s.rtt.min, s.rtt.avg, s.rtt.max)
+                        )  # type: ignore[operator]
+                        line += f", min/avg/max = {vals}"
+                    print(line)
+            rate = sent / elapsed if elapsed > 0 else 0.0
+            loss = (1 - received / sent) * 100 if sent else 0.0
+            print(
+                f"{len(stats)} targets, {alive} alive, {sent} sent, {received} received, "
+                f"{loss:g}% loss, {elapsed * 1000:.0f} ms, {rate:.0f} requests/s"
+            )
+        return cli.EXIT_OK if alive == len(stats) else cli.EXIT_FAIL
+
+    return cli.run(PROG, body)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
     version = 4 if args.v4 else 6 if args.v6 else None
     bind = cli.bind_for(args.source)
     df = {"do": True, "dont": False, "want": None}[args.pmtu]
     text = not (args.json or args.csv)
+    if args.file is not None:
+        hosts = list(args.hosts) + _read_targets(args.file)
+        if not hosts:
+            cli.fail(PROG, f"no targets in {args.file}")
+        return _mass(args, hosts, version, df)
+    if args.rate is not None:
+        p.error("--rate needs -f (mass ping)")
+    if not args.hosts:
+        p.error("the following arguments are required: host")
 
     async def body() -> int:
         # Resolve everything first: a bad host name aborts before a single packet leaves.
