@@ -21,11 +21,13 @@ counted and logged, socket errors are counted, and the loop goes on.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import logging
 import math
-from collections.abc import Callable, Hashable
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -34,7 +36,7 @@ import trio
 from .errors import KeyInUseError
 from .sock import Packet, RawSocket
 
-__all__ = ["Engine", "EngineStats", "Lease", "Sink"]
+__all__ = ["Engine", "EngineStats", "Lease", "Session", "Sink", "stream"]
 
 log = logging.getLogger("netdiag.engine")
 
@@ -245,3 +247,94 @@ class Engine:
             if len(packets) >= batch:
                 # A full batch: let the probes' consumers run before draining more.
                 await trio.lowlevel.checkpoint()
+
+
+class Session:
+    """One diagnostic call (a ping, a knock, a trace): the engine's sink for its probes, one
+    sender task, and a queue of results for the caller's ``async for``.
+
+    Subclasses implement ``_send_all`` (register, then send, each probe) and the sink methods,
+    calling :meth:`deliver` for an answer so that "first answer / duplicate / late" is decided
+    in one place for every diagnostic. :meth:`Engine.stream` runs it.
+    """
+
+    def __init__(self) -> None:
+        self.events: deque[Any] = deque()
+        self.outstanding = 0
+        self.done_sending = False
+        self.failure: BaseException | None = None
+        self._wake: trio.Event | None = None
+        self._scope: trio.CancelScope | None = None
+
+    # -- for subclasses --------------------------------------------------------------------
+
+    async def _send_all(self) -> None:
+        raise NotImplementedError
+
+    def push(self, result: Any) -> None:
+        """Queue ``result`` for the caller and wake it."""
+        self.events.append(result)
+        if self._wake is not None:
+            self._wake.set()
+
+    def deliver(self, lease: Lease, probe: Any, result: Any) -> None:
+        """Report an answer to ``probe``: the first one resolves it and stops its expiry
+        clock; later ones are marked ``duplicate``, and one after expiry ``late`` (results
+        are dataclasses with those two fields). ``probe.answered`` tracks the first."""
+        if lease.expired:
+            self.push(dataclasses.replace(result, late=True))
+        elif probe.answered:
+            self.push(dataclasses.replace(result, duplicate=True))
+        else:
+            probe.answered = True
+            lease.finish()
+            self.outstanding -= 1
+            self.push(result)
+
+    def close(self) -> None:
+        """Stop sending; subclasses also release their leases (and call this)."""
+        if self._scope is not None:
+            self._scope.cancel()
+
+    # -- for the engine --------------------------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        return self.done_sending and self.outstanding == 0 and not self.events
+
+    async def wait(self) -> None:
+        self._wake = trio.Event()
+        if self.events or (self.done_sending and self.outstanding == 0) or self.failure:
+            return
+        await self._wake.wait()
+
+    async def run_sender(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.CancelScope() as scope:
+            self._scope = scope
+            task_status.started()
+            try:
+                await self._send_all()
+            except Exception as e:  # never let one call take down the object's nursery
+                self.failure = e
+            finally:
+                self.done_sending = True
+                if self._wake is not None:
+                    self._wake.set()
+
+
+async def stream(engine: Engine, session: Session) -> AsyncIterator[Any]:
+    """Run ``session``'s sender in ``engine``'s nursery and yield its results as they come,
+    until every probe is resolved. Leaving early (break, cancellation) closes the session,
+    which releases its leases."""
+    try:
+        await engine.nursery.start(session.run_sender)
+        while True:
+            while session.events:
+                yield session.events.popleft()
+            if session.failure is not None:
+                raise session.failure
+            if session.finished:
+                return
+            await session.wait()
+    finally:
+        session.close()

@@ -27,9 +27,7 @@ sends the bytes built by :mod:`netdiag.wire.tcp`, and turns what the engine hand
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
-import math
 import os
 import random
 import socket
@@ -41,7 +39,7 @@ from typing import Any, Literal
 
 import trio
 
-from ..engine import Engine, Lease
+from ..engine import Engine, Lease, Session, stream
 from ..errors import FamilyUnavailableError, KeyInUseError
 from ..resolve import resolve
 from ..sock import (
@@ -54,7 +52,8 @@ from ..sock import (
     route_source,
 )
 from ..stats import RttStats
-from ..wire.icmp import ErrorKind, IcmpError, Unreach
+from ..validate import check_float, check_int
+from ..wire.icmp import ErrorKind, IcmpError, Unreach, error_text
 from ..wire.knock import QuotedSyn, answers, classify_icmp, classify_tcp
 from ..wire.tcp import RST, build_syn, syn_options
 
@@ -89,25 +88,10 @@ class Knock:
                 raise ValueError("Knock.addr must not be empty")
         elif not isinstance(self.addr, ipaddress.IPv4Address | ipaddress.IPv6Address):
             raise TypeError(f"Knock.addr must be an address or host name, not {self.addr!r}")
-        _check_int("port", self.port, 1, 65535)
-        _check_int("count", self.count, 1, 10**9)
-        _check_float("interval", self.interval, 0.0, 3600.0)
-        _check_float("expiry", self.expiry, 0.0, 3600.0, open_low=True)
-
-
-def _check_int(name: str, value: object, lo: int, hi: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an integer, not {value!r}")
-    if not lo <= value <= hi:
-        raise ValueError(f"{name} must be between {lo} and {hi}, got {value}")
-
-
-def _check_float(name: str, value: object, lo: float, hi: float, open_low: bool = False) -> None:
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a number of seconds, not {value!r}")
-    if math.isnan(value) or value > hi or value < lo or (open_low and value == lo):
-        low = f"more than {lo}" if open_low else f"at least {lo}"
-        raise ValueError(f"{name} must be {low} and at most {hi} seconds, got {value}")
+        check_int("port", self.port, 1, 65535)
+        check_int("count", self.count, 1, 10**9)
+        check_float("interval", self.interval, 0.0, 3600.0)
+        check_float("expiry", self.expiry, 0.0, 3600.0, open_low=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,22 +287,17 @@ class _Probe:
         self.answered = False
 
 
-class _Session:
+class _Session(Session):
     """The state of one :meth:`Knocker.results` call; the engine's sink for its probes."""
 
     def __init__(self, knocker: Knocker, knock: Knock, target: IPAddress, fam: _Family) -> None:
+        super().__init__()
         self.knocker = knocker
         self.knock = knock
         self.target = target
         self.packed = target.packed
         self.fam = fam
-        self.events: deque[KnockResult] = deque()
         self.live: deque[tuple[Lease, _Probe]] = deque()
-        self.outstanding = 0
-        self.done_sending = False
-        self.failure: BaseException | None = None
-        self._wake: trio.Event | None = None
-        self._scope: trio.CancelScope | None = None
 
     # -- engine sink -----------------------------------------------------------------------
 
@@ -344,56 +323,18 @@ class _Session:
                 probe.seq, self.target, k.port, kind, rtt, responder, packet.ttl,
                 flags=event.flags, sport=probe.sport,
             )  # fmt: skip
-        if lease.expired:
-            self._push(dataclasses.replace(base, late=True))
-        elif probe.answered:
-            self._push(dataclasses.replace(base, duplicate=True))
-        else:
-            probe.answered = True
-            lease.finish()
-            self.outstanding -= 1
-            self._push(base)
+        self.deliver(lease, probe, base)
 
     def on_expire(self, lease: Lease) -> None:
         probe: _Probe = lease.probe
         self.outstanding -= 1
-        self._push(
+        self.push(
             KnockResult(probe.seq, self.target, self.knock.port, "filtered", sport=probe.sport)
         )
 
-    # -- plumbing --------------------------------------------------------------------------
-
-    def _push(self, r: KnockResult) -> None:
-        self.events.append(r)
-        if self._wake is not None:
-            self._wake.set()
-
-    @property
-    def finished(self) -> bool:
-        return self.done_sending and self.outstanding == 0 and not self.events
-
-    async def wait(self) -> None:
-        self._wake = trio.Event()
-        if self.events or (self.done_sending and self.outstanding == 0) or self.failure:
-            return
-        await self._wake.wait()
-
-    async def run_sender(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        with trio.CancelScope() as scope:
-            self._scope = scope
-            task_status.started()
-            try:
-                await self._send_all()
-            except Exception as e:  # never let one knock take down the Knocker's nursery
-                self.failure = e
-            finally:
-                self.done_sending = True
-                if self._wake is not None:
-                    self._wake.set()
-
     def _local_failure(self, seq: int, text: str, sport: int = 0) -> None:
         err = KnockError(None, -1, -1, text)
-        self._push(KnockResult(seq, self.target, self.knock.port, "error", sport=sport, error=err))
+        self.push(KnockResult(seq, self.target, self.knock.port, "error", sport=sport, error=err))
 
     async def _send_all(self) -> None:
         k = self.knock
@@ -475,28 +416,14 @@ class _Session:
             probe.port_sock = None
 
     def close(self) -> None:
-        if self._scope is not None:
-            self._scope.cancel()
+        super().close()
         for lease, probe in self.live:
             self._drop(lease, probe)
         self.live.clear()
 
 
-_TEXT = {
-    ErrorKind.TIME_EXCEEDED: "Time to live exceeded",
-    ErrorKind.PACKET_TOO_BIG: "Packet too big",
-    ErrorKind.PARAMETER_PROBLEM: "Parameter problem",
-    ErrorKind.SOURCE_QUENCH: "Source quench",
-    ErrorKind.REDIRECT: "Redirect",
-}
-
-
 def _knock_error(e: IcmpError) -> KnockError:
-    if e.kind is ErrorKind.UNREACHABLE and e.unreach is not None:
-        text = f"Destination unreachable ({e.unreach.label})"
-    else:
-        text = _TEXT.get(e.kind, e.kind.value)
-    return KnockError(e.kind, e.type, e.code, text, e.unreach)
+    return KnockError(e.kind, e.type, e.code, error_text(e), e.unreach)
 
 
 class Knocker:
@@ -617,18 +544,8 @@ class Knocker:
                 "the Knocker was opened in another network namespace: knock from that one"
             )
         session = _Session(self, knock, target, fam)
-        try:
-            await self._engine.nursery.start(session.run_sender)
-            while True:
-                while session.events:
-                    yield session.events.popleft()
-                if session.failure is not None:
-                    raise session.failure
-                if session.finished:
-                    return
-                await session.wait()
-        finally:
-            session.close()
+        async for r in stream(self._engine, session):
+            yield r
 
     async def knock(self, knock: Knock) -> AsyncIterator[float | None]:
         """Yield, in probe order, each SYN's RTT in seconds if the port answered open

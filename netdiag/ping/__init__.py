@@ -10,9 +10,7 @@ same identifier and sequence (iputils picks identifiers too) are never taken for
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
-import math
 import os
 import random
 import socket
@@ -23,7 +21,7 @@ from typing import Any, Literal
 
 import trio
 
-from ..engine import Engine, Lease
+from ..engine import Engine, Lease, Session, stream
 from ..errors import FamilyUnavailableError, KeyInUseError, NetdiagError, PrivilegeError
 from ..resolve import resolve
 from ..sock import (
@@ -36,6 +34,7 @@ from ..sock import (
     RawSocket,
 )
 from ..stats import RttStats
+from ..validate import check_float, check_int
 from ..wire.icmp import (
     ECHO_REPLY4,
     ECHO_REPLY6,
@@ -46,6 +45,7 @@ from ..wire.icmp import (
     classify_echo,
     classify_echo_queued_error,
     echo_payload,
+    error_text,
     token_matches,
 )
 
@@ -85,29 +85,14 @@ class Ping:
                 raise ValueError("Ping.addr must not be empty")
         elif not isinstance(self.addr, ipaddress.IPv4Address | ipaddress.IPv6Address):
             raise TypeError(f"Ping.addr must be an address or host name, not {self.addr!r}")
-        _check_int("count", self.count, 1, 10**9)
-        _check_float("interval", self.interval, 0.0, 3600.0)
-        _check_float("expiry", self.expiry, 0.0, 3600.0, open_low=True)
-        _check_int("size", self.size, 0, MAX_SIZE)
+        check_int("count", self.count, 1, 10**9)
+        check_float("interval", self.interval, 0.0, 3600.0)
+        check_float("expiry", self.expiry, 0.0, 3600.0, open_low=True)
+        check_int("size", self.size, 0, MAX_SIZE)
         if self.ttl is not None:
-            _check_int("ttl", self.ttl, 1, 255)
+            check_int("ttl", self.ttl, 1, 255)
         if self.tos is not None:
-            _check_int("tos", self.tos, 0, 255)
-
-
-def _check_int(name: str, value: object, lo: int, hi: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an integer, not {value!r}")
-    if not lo <= value <= hi:
-        raise ValueError(f"{name} must be between {lo} and {hi}, got {value}")
-
-
-def _check_float(name: str, value: object, lo: float, hi: float, open_low: bool = False) -> None:
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a number of seconds, not {value!r}")
-    if math.isnan(value) or value > hi or value < lo or (open_low and value == lo):
-        low = f"more than {lo}" if open_low else f"at least {lo}"
-        raise ValueError(f"{name} must be {low} and at most {hi} seconds, got {value}")
+            check_int("tos", self.tos, 0, 255)
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,7 +261,7 @@ class _Probe:
         self.answered = False
 
 
-class _Session:
+class _Session(Session):
     """The state of one :meth:`Pinger.results` or :meth:`Pinger.sweep` call: one sender task,
     any number of targets, and the engine's sink for all their probes.
 
@@ -285,17 +270,12 @@ class _Session:
     """
 
     def __init__(self, pinger: Pinger, ping: Ping, rate: float | None = None) -> None:
+        super().__init__()
         self.pinger = pinger
         self.ping = ping
         self.rate = rate
         self.targets: list[_Target] = []
-        self.events: deque[PingResult] = deque()
         self.leases: deque[Lease] = deque()
-        self.outstanding = 0
-        self.done_sending = False
-        self.failure: BaseException | None = None
-        self._wake: trio.Event | None = None
-        self._scope: trio.CancelScope | None = None
         self._anc: dict[RawSocket, list] = {}
 
     def add_target(self, addr: IPAddress) -> None:
@@ -330,50 +310,12 @@ class _Session:
             base = PingResult(
                 probe.seq, target.addr, "error", rtt, responder, packet.ttl, 0, error=err
             )
-        if lease.expired:
-            self._push(_replace(base, late=True))
-        elif probe.answered:
-            self._push(_replace(base, duplicate=True))
-        else:
-            probe.answered = True
-            lease.finish()
-            self.outstanding -= 1
-            self._push(base)
+        self.deliver(lease, probe, base)
 
     def on_expire(self, lease: Lease) -> None:
         probe: _Probe = lease.probe
         self.outstanding -= 1
-        self._push(PingResult(probe.seq, probe.target.addr, "timeout"))
-
-    # -- plumbing --------------------------------------------------------------------------
-
-    def _push(self, r: PingResult) -> None:
-        self.events.append(r)
-        if self._wake is not None:
-            self._wake.set()
-
-    @property
-    def finished(self) -> bool:
-        return self.done_sending and self.outstanding == 0 and not self.events
-
-    async def wait(self) -> None:
-        self._wake = trio.Event()
-        if self.events or (self.done_sending and self.outstanding == 0) or self.failure:
-            return
-        await self._wake.wait()
-
-    async def run_sender(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        with trio.CancelScope() as scope:
-            self._scope = scope
-            task_status.started()
-            try:
-                await self._send_all()
-            except Exception as e:  # never let one ping take down the Pinger's nursery
-                self.failure = e
-            finally:
-                self.done_sending = True
-                if self._wake is not None:
-                    self._wake.set()
+        self.push(PingResult(probe.seq, probe.target.addr, "timeout"))
 
     async def _send_all(self) -> None:
         ping = self.ping
@@ -428,7 +370,7 @@ class _Session:
                             key = (target.packed, target.ident, wire_seq)
                     lease = register(key, self, expiry, probe, now)
                 except KeyInUseError:
-                    self._push(_send_failure(seq, target.addr, "sequence number still in flight"))
+                    self.push(_send_failure(seq, target.addr, "sequence number still in flight"))
                     continue
                 leases.append(lease)
                 self.outstanding += 1
@@ -442,7 +384,7 @@ class _Session:
                 except OSError as e:
                     lease.release()
                     self.outstanding -= 1
-                    self._push(_send_failure(seq, target.addr, e.strerror or str(e)))
+                    self.push(_send_failure(seq, target.addr, e.strerror or str(e)))
             # Forget probes old enough that no reply can matter any more: memory stays bounded
             # on a ping that runs for days.
             now = trio.current_time()
@@ -450,8 +392,7 @@ class _Session:
                 leases.popleft().release()
 
     def close(self) -> None:
-        if self._scope is not None:
-            self._scope.cancel()
+        super().close()
         for lease in self.leases:
             lease.release()
         self.leases.clear()
@@ -459,28 +400,12 @@ class _Session:
             self.pinger._release_ident(t.packed, t.ident)
 
 
-def _replace(r: PingResult, **kw: Any) -> PingResult:
-    return dataclasses.replace(r, **kw)
-
-
 def _send_failure(seq: int, target: IPAddress, text: str) -> PingResult:
     return PingResult(seq, target, "error", error=PingError(None, -1, -1, text))
 
 
-_TEXT = {
-    ErrorKind.TIME_EXCEEDED: "Time to live exceeded",
-    ErrorKind.PACKET_TOO_BIG: "Packet too big",
-    ErrorKind.PARAMETER_PROBLEM: "Parameter problem",
-    ErrorKind.SOURCE_QUENCH: "Source quench",
-    ErrorKind.REDIRECT: "Redirect",
-}
-
-
 def _ping_error(e: IcmpError) -> PingError:
-    if e.kind is ErrorKind.UNREACHABLE and e.unreach is not None:
-        text = f"Destination unreachable ({e.unreach.label})"
-    else:
-        text = _TEXT.get(e.kind, e.kind.value)
+    text = error_text(e)
     mtu = e.info if e.kind is ErrorKind.PACKET_TOO_BIG or e.unreach is not None else 0
     if mtu:
         text += f", mtu={mtu}"
@@ -670,7 +595,7 @@ class Pinger:
             raise TypeError(f"expected a netdiag.Ping, got {ping!r}")
         session = _Session(self, ping)
         session.add_target(await resolve(ping.addr))
-        async for r in self._run(session):
+        async for r in stream(self._engine, session):
             yield r
 
     async def sweep(
@@ -693,7 +618,7 @@ class Pinger:
         socket takes them). This is the path for thousands of targets: no task per target.
         """
         if rate is not None:
-            _check_float("rate", rate, 0.0, 1e7, open_low=True)
+            check_float("rate", rate, 0.0, 1e7, open_low=True)
         addrs = [await resolve(t) for t in targets]
         if not addrs:
             raise ValueError("sweep needs at least one target")
@@ -705,22 +630,8 @@ class Pinger:
         except BaseException:
             session.close()
             raise
-        async for r in self._run(session):
+        async for r in stream(self._engine, session):
             yield r
-
-    async def _run(self, session: _Session) -> AsyncIterator[PingResult]:
-        try:
-            await self._engine.nursery.start(session.run_sender)
-            while True:
-                while session.events:
-                    yield session.events.popleft()
-                if session.failure is not None:
-                    raise session.failure
-                if session.finished:
-                    return
-                await session.wait()
-        finally:
-            session.close()
 
     async def ping(self, ping: Ping) -> AsyncIterator[float | None]:
         """Yield, in sequence order, each request's RTT in seconds or ``None`` if it got no

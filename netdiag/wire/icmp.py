@@ -40,6 +40,7 @@ __all__ = [
     "classify_echo_queued_error",
     "echo_payload",
     "error_from_queue",
+    "error_text",
     "parse_icmp",
     "parse_icmp4_packet",
     "token_matches",
@@ -377,3 +378,19 @@ def classify_echo_queued_error(
         return None
     ident, seq = struct.unpack_from("!HH", quoted, 4)
     return (dst, ident, seq), err
+
+
+_ERROR_TEXT = {
+    ErrorKind.TIME_EXCEEDED: "Time to live exceeded",
+    ErrorKind.PACKET_TOO_BIG: "Packet too big",
+    ErrorKind.PARAMETER_PROBLEM: "Parameter problem",
+    ErrorKind.SOURCE_QUENCH: "Source quench",
+    ErrorKind.REDIRECT: "Redirect",
+}
+
+
+def error_text(e: IcmpError) -> str:
+    """A one-line description of an ICMP error, in iputils' words where it has them."""
+    if e.kind is ErrorKind.UNREACHABLE and e.unreach is not None:
+        return f"Destination unreachable ({e.unreach.label})"
+    return _ERROR_TEXT.get(e.kind, e.kind.value)
