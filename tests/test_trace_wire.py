@@ -24,7 +24,7 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from netdiag.errors import FamilyUnavailableError
+from netdiag.errors import FamilyUnavailableError, NetdiagError
 from netdiag.sock import Packet
 from netdiag.trace import Trace, Tracer, _icmp_classifier
 from netdiag.wire.checksum import checksum, pseudo_header_v6
@@ -590,12 +590,18 @@ def test_sim_concurrent_traces_use_disjoint_flows_and_linger() -> None:
     assert all(r.reached for r in results)
 
 
-def test_alloc_flows_wraps_and_refuses_when_full() -> None:
-    t = Tracer()
-    t._cursor = random.randrange(1 << 16)
-    seen = [t._alloc_flows(DST4, PROTO_UDP, 1024) for _ in range(4)]
-    assert all(b >= 61000 and b + 1024 - 1 <= 65535 for b in seen)
-    assert len(set(seen)) == 4
-    with pytest.raises(Exception, match="too many concurrent traces"):
-        t._alloc_flows(DST4, PROTO_UDP, 1024)
-    assert 0 <= t._alloc_flows(DST4, PROTO_ICMP, 1024) <= 0xFFFF - 1023
+def test_alloc_flows_disjoint_and_refuses_when_full() -> None:
+    for _ in range(50):
+        t = Tracer()
+        t._cursor = random.randrange(1 << 16)
+        got = []
+        with pytest.raises(NetdiagError, match="too many concurrent traces"):
+            for _ in range(10):
+                got.append(t._alloc_flows(DST4, PROTO_UDP, 1024))
+        assert len(got) >= 3  # 4536 ports: first fit always leaves room for three blocks
+        assert all(b >= 61000 and b + 1024 - 1 <= 65535 for b in got)
+        spans = sorted(got)
+        assert all(a + 1024 <= b for a, b in itertools.pairwise(spans))
+        # other targets and protocols have their own blocks
+        assert 0 <= t._alloc_flows(DST4, PROTO_ICMP, 1024) <= 0xFFFF - 1023
+        assert t._alloc_flows(DST6, PROTO_UDP, 1024) >= 61000

@@ -723,14 +723,19 @@ class Tracer:
         lingering trace of this Tracer uses towards ``dst`` with ``proto``."""
         lo, hi = (0, 0xFFFF) if proto in (PROTO_ICMP, PROTO_ICMP6) else (_PORT_LO, _PORT_HI)
         span = hi - lo + 1
+        if size > span:
+            raise ValueError(f"at most {span} flows per trace")
         used = self._blocks.setdefault((dst, proto), [])
-        for _ in range(span // size + 2):
-            base = lo + self._cursor % span
+        # The rotating cursor spreads traces over the range (ids are not reused soon after a
+        # trace ends); first fit after existing blocks uses the gaps when the cursor spot is
+        # taken.
+        candidates = [lo + self._cursor % span, *(b + s for b, s in used), lo]
+        for base in candidates:
             if base + size - 1 > hi:
-                base = lo
-            self._cursor = base - lo + size
+                continue
             if all(base + size <= b or b + s <= base for b, s in used):
                 used.append((base, size))
+                self._cursor = base - lo + size
                 return base
         raise NetdiagError(f"too many concurrent traces to one target ({len(used)})")
 
