@@ -9,7 +9,7 @@ import pytest
 import trio
 from lab import Lab
 
-from netdiag import Ping, Pinger, PingStats
+from netdiag import Bind, Ping, Pinger, PingStats
 from netdiag.wire.icmp import ErrorKind
 
 pytestmark = pytest.mark.lab
@@ -152,3 +152,25 @@ def test_cli_ttl_exceeded_lines(lab: Lab) -> None:
     assert out.returncode == 1
     assert "Time to live exceeded" in out.stdout
     assert "From 198.18.2.2" in out.stdout or "From 198.18.3.2" in out.stdout
+
+
+@pytest.mark.parametrize("v", V)
+async def test_bind_to_source_address_and_interface(lab: Lab, v: int) -> None:
+    src = lab.src.v4 if v == 4 else lab.src.v6
+    iface = lab.node("src").iface("r1").name
+    with lab.enter("src"):
+        async with Pinger(Bind(v4=src) if v == 4 else Bind(v6=src)) as pinger:
+            ok = await pinger.collect(Ping(dst(lab, v), count=1))
+        async with Pinger(Bind(device=iface)) as pinger:
+            via_iface = await pinger.collect(Ping(dst(lab, v), count=1))
+        async with Pinger(Bind(device="lo")) as pinger:
+            # Bound to loopback, the lab is unreachable: no route, or no reply.
+            via_lo = await pinger.collect(Ping(dst(lab, v), count=1, expiry=0.3))
+    assert ok[0].kind == "reply" and via_iface[0].kind == "reply"
+    assert via_lo[0].kind in ("timeout", "error")
+
+
+async def test_binding_an_address_the_host_lacks_is_a_clear_error(lab: Lab) -> None:
+    with lab.enter("src"), pytest.raises(OSError, match=r"cannot bind to 198\.18\.6\.2"):
+        async with Pinger(Bind(v4="198.18.6.2")):
+            pass

@@ -481,9 +481,8 @@ class Pinger:
             for v6 in (False, True):
                 try:
                     sock = self._new_socket(v6, dgram)
-                except PrivilegeError:
-                    raise
-                except OSError as e:
+                except FamilyUnavailableError as e:
+                    # Only a missing family is deferred; a bad Bind is the caller's error now.
                     families[v6] = e
                     errors.append(e)
                     continue
