@@ -22,8 +22,11 @@ import contextlib
 import ipaddress
 import json
 import socket
+import struct
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -32,6 +35,7 @@ from lab import Lab
 
 from netdiag import Trace, Tracer
 from netdiag.trace import TraceResult
+from netdiag.wire.checksum import checksum
 from netdiag.wire.trace import mda_probes
 
 OPEN_PORT = 8080
@@ -283,3 +287,71 @@ def test_cli_bad_input_exits_2_with_one_line(args: list[str]) -> None:
     assert p.returncode == 2
     assert len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert "Traceback" not in p.stderr
+
+
+class SlowResponder:
+    """A user-space stand-in for dst's port-unreachable, answering each UDP probe ``delay``
+    seconds late: dst binds the probe port (so its kernel stays silent) and a thread sends the
+    ICMP error itself, quoting the probe exactly as the kernel would."""
+
+    def __init__(self, lab: Lab, port: int, delay: float) -> None:
+        with lab.enter("dst"):
+            self.hold = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.raw_udp = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
+            self.raw_icmp = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        self.hold.bind(("0.0.0.0", port))
+        self.raw_udp.settimeout(0.05)
+        self.port, self.delay = port, delay
+        self.stop = threading.Event()
+        self.answered = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + 10  # bounded whatever happens
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            try:
+                pkt, (src, _) = self.raw_udp.recvfrom(2048)
+            except TimeoutError:
+                continue
+            ihl = (pkt[0] & 0x0F) * 4
+            if struct.unpack_from("!H", pkt, ihl + 2)[0] != self.port:
+                continue
+            body = struct.pack("!BBHI", 3, 3, 0, 0) + pkt[: ihl + 8]
+            ck = checksum(body)
+            msg = body[:2] + struct.pack("!H", ck) + body[4:]
+            threading.Timer(self.delay, self._send, (msg, src)).start()
+
+    def _send(self, msg: bytes, src: str) -> None:
+        if not self.stop.is_set():
+            self.raw_icmp.sendto(msg, (src, 0))
+            self.answered += 1
+
+    def __enter__(self) -> SlowResponder:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(2)
+        for s in (self.hold, self.raw_udp, self.raw_icmp):
+            s.close()
+
+
+async def test_late_reply_not_credited_to_another_probe(lab: Lab) -> None:
+    """Trace A's probes to dst expire (0.15 s) before dst's answers come (0.4 s). Trace B to
+    the same target starts right after A, so A's stragglers arrive while B's probes to dst are
+    in flight. They must be counted late, never credited to B, whose own answers (0.4 s late
+    but within B's 1 s expiry) give B its RTTs."""
+    port = 33500
+    with SlowResponder(lab, port, 0.4) as resp, lab.enter("src"):
+        async with Tracer() as t:
+            a = await t.route(Trace(lab.dst.v4, port=port, expiry=0.15, flows=2, max_ttl=4))
+            b = await t.route(Trace(lab.dst.v4, port=port, expiry=1.0, flows=2, max_ttl=4))
+            await trio.sleep(0.5)  # let B's lingering keys see anything still on its way
+            late, foreign = t.late, t.foreign
+    assert not a.reached and a.hops[-1].timeouts == 2 and a.hops[-1].ttl == 4
+    assert b.reached and b.hops[-1].addrs == {lab.dst.v4}
+    rtts = [p.rtt for p in b.hops[-1].probes]
+    assert len(rtts) == 2 and all(r is not None and 0.35 < r < 1.0 for r in rtts)
+    assert late == 2 and foreign == 0  # exactly A's two stragglers
+    assert resp.answered == 4
