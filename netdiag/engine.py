@@ -274,8 +274,7 @@ class Session:
     def push(self, result: Any) -> None:
         """Queue ``result`` for the caller and wake it."""
         self.events.append(result)
-        if self._wake is not None:
-            self._wake.set()
+        self.wake()
 
     def deliver(self, lease: Lease, probe: Any, result: Any) -> None:
         """Report an answer to ``probe``: the first one resolves it and stops its expiry
@@ -299,12 +298,23 @@ class Session:
     # -- for the engine --------------------------------------------------------------------
 
     @property
+    def settled(self) -> bool:
+        """No more results will come: everything was sent and every probe resolved.
+        (A traceroute overrides this: it is done at the destination, whatever is in flight.)"""
+        return self.done_sending and self.outstanding == 0
+
+    @property
     def finished(self) -> bool:
-        return self.done_sending and self.outstanding == 0 and not self.events
+        return self.settled and not self.events
+
+    def wake(self) -> None:
+        """Wake the caller waiting in :meth:`wait` (pushing a result does this too)."""
+        if self._wake is not None:
+            self._wake.set()
 
     async def wait(self) -> None:
         self._wake = trio.Event()
-        if self.events or (self.done_sending and self.outstanding == 0) or self.failure:
+        if self.events or self.settled or self.failure:
             return
         await self._wake.wait()
 
@@ -318,8 +328,7 @@ class Session:
                 self.failure = e
             finally:
                 self.done_sending = True
-                if self._wake is not None:
-                    self._wake.set()
+                self.wake()
 
 
 async def stream(engine: Engine, session: Session) -> AsyncIterator[Any]:

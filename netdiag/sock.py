@@ -24,8 +24,9 @@ import ipaddress
 import socket
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import trio
 
@@ -36,13 +37,15 @@ __all__ = [
     "ExtErr",
     "IPAddress",
     "Packet",
+    "PerFamily",
     "RawSocket",
+    "RouteFinder",
     "parse_address",
     "reserve_tcp_port",
-    "route_source",
 ]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+T = TypeVar("T")
 
 # Linux constants the socket module does not export on every Python version.
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
@@ -460,26 +463,6 @@ def _make_packet(
     )
 
 
-def route_source(dst: IPAddress, bind: Bind | None = None) -> IPAddress:
-    """The local address the kernel would send from to reach ``dst``.
-
-    Connecting a UDP socket sends nothing but makes the kernel do its route lookup (honouring
-    ``bind``'s address and interface); ``getsockname`` then tells the chosen source. Probes
-    whose checksum covers the source address (TCP, UDP) need it before the first packet leaves.
-    Raises ``OSError`` (ENETUNREACH, ...) when there is no route.
-    """
-    v6 = dst.version == 6
-    s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
-    with s:
-        if bind is not None and bind.device:
-            s.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, bind.device.encode())
-        addr = bind.for_family(v6) if bind is not None else None
-        if addr is not None:
-            s.bind((str(addr), 0))
-        s.connect((str(dst), 9))
-        return ipaddress.ip_address(s.getsockname()[0].split("%", 1)[0])
-
-
 def reserve_tcp_port(v6: bool) -> socket.socket:
     """A TCP socket bound (never listening, never connected) to a port the kernel picked.
 
@@ -496,3 +479,83 @@ def reserve_tcp_port(v6: bool) -> socket.socket:
         s.close()
         raise
     return s
+
+
+class RouteFinder:
+    """Source-address discovery for one family: "which local address would reach ``dst``?"
+
+    Connecting a UDP socket sends nothing but makes the kernel do its route lookup (honouring
+    the bind address and interface); ``getsockname`` then tells the chosen source. Probes whose
+    checksum or key covers the source (TCP, UDP, traceroute) need it before the first packet
+    leaves. The socket is opened once, with the object's raw sockets, so it lives in the same
+    network namespace even if the caller's thread moves later.
+    """
+
+    def __init__(self, v6: bool, bind: Bind | None = None) -> None:
+        self.v6 = v6
+        self.sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            if bind is not None and bind.device:
+                self.sock.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, bind.device.encode())
+            addr = bind.for_family(v6) if bind is not None else None
+            if addr is not None:
+                self.sock.bind((str(addr), 0))
+        except BaseException:
+            self.sock.close()
+            raise
+
+    def source(self, dst: IPAddress) -> bytes:
+        """The packed local address for ``dst``; ``OSError`` (ENETUNREACH ...) if no route."""
+        self.sock.connect((str(dst), 9))
+        name = self.sock.getsockname()[0].split("%", 1)[0]
+        return socket.inet_pton(socket.AF_INET6 if self.v6 else socket.AF_INET, name)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class PerFamily(Generic[T]):
+    """What an object opened for each IP family, or why it could not.
+
+    Every diagnostic opens its sockets per family the same way: a family the host lacks is
+    remembered and reported when a probe needs it (:class:`FamilyUnavailableError`), so a host
+    without IPv6 still pings over IPv4; any other failure (no privilege, a bad :class:`Bind`)
+    is the caller's error at once, after closing whatever was already opened.
+    """
+
+    def __init__(self, owner: str) -> None:
+        self.owner = owner
+        self._items: dict[bool, T | FamilyUnavailableError] = {}
+
+    def open(self, opener: Callable[[bool], T], close: Callable[[T], None]) -> None:
+        items: dict[bool, T | FamilyUnavailableError] = {}
+        try:
+            for v6 in (False, True):
+                try:
+                    items[v6] = opener(v6)
+                except FamilyUnavailableError as e:
+                    items[v6] = e
+        except BaseException:
+            for item in items.values():
+                if not isinstance(item, FamilyUnavailableError):
+                    close(item)
+            raise
+        if all(isinstance(i, FamilyUnavailableError) for i in items.values()):
+            raise items[False]  # type: ignore[misc]
+        self._items = items
+
+    def get(self, v6: bool) -> T:
+        item = self._items.get(v6)
+        if item is None:
+            raise RuntimeError(f"use the {self.owner} inside `async with {self.owner}() as ...:`")
+        if isinstance(item, FamilyUnavailableError):
+            raise FamilyUnavailableError(item.errno, f"IPv{6 if v6 else 4} unavailable: {item}")
+        return item
+
+    def items(self) -> list[tuple[bool, T]]:
+        """``(v6, opened)`` for each family that opened."""
+        missing = FamilyUnavailableError
+        return [(v6, i) for v6, i in self._items.items() if not isinstance(i, missing)]
+
+    def clear(self) -> None:
+        self._items = {}

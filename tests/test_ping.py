@@ -143,7 +143,14 @@ def test_family_unavailable_is_reported_when_used() -> None:
 
     async def main() -> None:
         pinger = Pinger()
-        pinger._families[True] = OSError(97, "Address family not supported by protocol")
+
+        def opener(v6: bool) -> object:
+            if v6:
+                raise FamilyUnavailableError(97, "Address family not supported by protocol")
+            return "v4 family"
+
+        pinger._families.open(opener, lambda fam: None)  # type: ignore[arg-type]
+        assert pinger._family(False) == "v4 family"
         with pytest.raises(FamilyUnavailableError, match="IPv6 unavailable"):
             pinger._family(True)
 

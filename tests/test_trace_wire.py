@@ -468,8 +468,13 @@ class SimTracer(Tracer):
 
     def _open(self) -> None:
         self.fam = SimFamily(self, self._delay, self._hash)
-        self._families[False] = self.fam  # type: ignore[assignment]
-        self._families[True] = FamilyUnavailableError("simulated IPv4 only")
+
+        def opener(v6: bool) -> SimFamily:
+            if v6:
+                raise FamilyUnavailableError(97, "simulated IPv4 only")
+            return self.fam  # type: ignore[return-value]
+
+        self._families.open(opener, lambda fam: None)  # type: ignore[arg-type]
 
 
 def run_virtual(fn: Callable[[], object]) -> object:

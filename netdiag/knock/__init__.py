@@ -40,16 +40,17 @@ from typing import Any, Literal
 import trio
 
 from ..engine import Engine, Lease, Session, stream
-from ..errors import FamilyUnavailableError, KeyInUseError
+from ..errors import KeyInUseError
 from ..resolve import resolve
 from ..sock import (
     DEFAULT_RCVBUF,
     Bind,
     IPAddress,
     Packet,
+    PerFamily,
     RawSocket,
+    RouteFinder,
     reserve_tcp_port,
-    route_source,
 )
 from ..stats import RttStats
 from ..validate import check_float, check_int
@@ -268,9 +269,10 @@ class _Family:
     """One family's raw TCP socket (send SYNs, hear SYN-ACKs and RSTs) and whether its raw
     ICMP socket (hear errors about our SYNs) could be opened."""
 
-    def __init__(self, tcp: RawSocket, v6: bool) -> None:
+    def __init__(self, tcp: RawSocket, v6: bool, route: RouteFinder) -> None:
         self.tcp = tcp
         self.v6 = v6
+        self.route = route
         self.icmp: RawSocket | BaseException | None = None
 
 
@@ -442,7 +444,7 @@ class Knocker:
         self.bind = bind or Bind()
         self.rcvbuf = rcvbuf
         self._engine = Engine()
-        self._families: dict[bool, _Family | BaseException] = {}
+        self._families: PerFamily[_Family] = PerFamily("Knocker")
         self._ts_offset = random.getrandbits(32)
         self._netns: tuple[int, int] | None = None
         #: Answers on a probe's ports that did not acknowledge its SYN (stale or foreign).
@@ -461,27 +463,23 @@ class Knocker:
         return self
 
     async def __aexit__(self, *exc: Any) -> bool | None:
-        return await self._engine.__aexit__(*exc)
+        try:
+            return await self._engine.__aexit__(*exc)
+        finally:
+            for _, fam in self._families.items():
+                fam.route.close()
+            self._families.clear()
 
     def _open(self) -> None:
-        errors: list[BaseException] = []
-        for v6 in (False, True):
-            try:
-                tcp = RawSocket(
-                    v6,
-                    socket.IPPROTO_TCP,
-                    self.bind,
-                    rcvbuf=self.rcvbuf,
-                    checksum_offset=_TCP_CHECKSUM_OFFSET if v6 else None,
-                )
-            except (FamilyUnavailableError, OSError) as e:
-                if isinstance(e, PermissionError):
-                    raise
-                self._families[v6] = e
-                errors.append(e)
-                continue
-            fam = _Family(tcp, v6)
-            self._families[v6] = fam
+        def open_family(v6: bool) -> _Family:
+            tcp = RawSocket(
+                v6,
+                socket.IPPROTO_TCP,
+                self.bind,
+                rcvbuf=self.rcvbuf,
+                checksum_offset=_TCP_CHECKSUM_OFFSET if v6 else None,
+            )
+            fam = _Family(tcp, v6, RouteFinder(v6, self.bind))
             self._engine.add_socket(tcp, _tcp_classifier(v6))
             try:
                 icmp = RawSocket(
@@ -494,26 +492,24 @@ class Knocker:
             except OSError as e:
                 # Without it knocks still work; ICMP-refused probes then show as filtered.
                 fam.icmp = e
-                continue
+                return fam
             fam.icmp = icmp
             self._engine.add_socket(icmp, _icmp_classifier(v6))
-        if len(errors) == 2:
-            raise errors[0]
+            return fam
+
+        # Raw sockets already handed to the engine are closed by it; the finder is ours.
+        self._families.open(open_family, lambda fam: fam.route.close())
 
     def _family(self, v6: bool) -> _Family:
-        fam = self._families.get(v6)
-        if isinstance(fam, _Family):
-            return fam
-        if fam is None:
-            raise RuntimeError("use the Knocker inside `async with Knocker() as knocker:`")
-        raise FamilyUnavailableError(f"IPv{6 if v6 else 4} unavailable: {fam}")
+        return self._families.get(v6)
 
     def _source(self, target: IPAddress) -> IPAddress:
         """Our address towards ``target``: the bound one, or what the kernel's route picks."""
         bound = self.bind.for_family(target.version == 6)
         if bound is not None:
             return bound
-        return route_source(target, self.bind)
+        packed = self._family(target.version == 6).route.source(target)
+        return ipaddress.ip_address(packed)
 
     @property
     def engine(self) -> Engine:

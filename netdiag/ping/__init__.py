@@ -22,7 +22,7 @@ from typing import Any, Literal
 import trio
 
 from ..engine import Engine, Lease, Session, stream
-from ..errors import FamilyUnavailableError, KeyInUseError, NetdiagError, PrivilegeError
+from ..errors import KeyInUseError, NetdiagError, PrivilegeError
 from ..resolve import resolve
 from ..sock import (
     DEFAULT_RCVBUF,
@@ -31,6 +31,7 @@ from ..sock import (
     Bind,
     IPAddress,
     Packet,
+    PerFamily,
     RawSocket,
 )
 from ..stats import RttStats
@@ -439,7 +440,7 @@ class Pinger:
         self.mode: str | None = None
         self.rcvbuf = rcvbuf
         self._engine = Engine()
-        self._families: dict[bool, _Family | BaseException] = {}
+        self._families: PerFamily[_Family] = PerFamily("Pinger")
         self._idents: dict[tuple[bytes, int], int] = {}
         self._next_ident = random.randrange(0x10000)
         self.foreign = 0
@@ -475,33 +476,17 @@ class Pinger:
                 ) from None
 
     def _open_all(self, dgram: bool) -> None:
-        errors: list[BaseException] = []
-        families: dict[bool, _Family | BaseException] = {}
-        try:
-            for v6 in (False, True):
-                try:
-                    sock = self._new_socket(v6, dgram)
-                except FamilyUnavailableError as e:
-                    # Only a missing family is deferred; a bad Bind is the caller's error now.
-                    families[v6] = e
-                    errors.append(e)
-                    continue
-                fam = _Family(sock, v6, dgram)
-                if dgram:
-                    fam.idents[sock] = sock.local_port()
-                families[v6] = fam
-        except BaseException:
-            for fam in families.values():
-                if isinstance(fam, _Family):
-                    fam.sock.close()
-            raise
-        if len(errors) == 2:
-            raise errors[0]
-        self._families = families
+        def open_family(v6: bool) -> _Family:
+            sock = self._new_socket(v6, dgram)
+            fam = _Family(sock, v6, dgram)
+            if dgram:
+                fam.idents[sock] = sock.local_port()
+            return fam
+
+        self._families.open(open_family, lambda fam: fam.sock.close())
         self.mode = "datagram" if dgram else "raw"
-        for v6, fam in families.items():
-            if isinstance(fam, _Family):
-                self._engine.add_socket(fam.sock, _classifier(v6, dgram))
+        for v6, fam in self._families.items():
+            self._engine.add_socket(fam.sock, _classifier(v6, dgram))
 
     def _new_socket(self, v6: bool, dgram: bool, pmtudisc: int | None = None) -> RawSocket:
         proto = socket.IPPROTO_ICMPV6 if v6 else socket.IPPROTO_ICMP
@@ -532,12 +517,7 @@ class Pinger:
         return sock
 
     def _family(self, v6: bool) -> _Family:
-        fam = self._families.get(v6)
-        if isinstance(fam, _Family):
-            return fam
-        if fam is None:
-            raise RuntimeError("use the Pinger inside `async with Pinger() as pinger:`")
-        raise FamilyUnavailableError(f"IPv{6 if v6 else 4} unavailable: {fam}")
+        return self._families.get(v6)
 
     def _df_socket(self, fam: _Family, df: bool) -> RawSocket:
         """IPv4 has no per-packet DF control, so DF-forced and DF-cleared probes go out through
@@ -566,7 +546,7 @@ class Pinger:
         drop root right after and still send it. Pinging calls this itself."""
         if ping.df is not None:
             for v6, fam in self._families.items():
-                if isinstance(fam, _Family) and not v6:
+                if not v6:
                     self._df_socket(fam, ping.df)
 
     def _allocate_ident(self, packed: bytes) -> int:

@@ -24,21 +24,20 @@ UDP/TCP checksums cover it and the UDP checksum is the probe id.
 from __future__ import annotations
 
 import ipaddress
-import math
 import random
 import socket
 import time
-from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import trio
 
-from ..engine import Engine, Lease
-from ..errors import FamilyUnavailableError, KeyInUseError, NetdiagError
+from ..engine import Engine, Lease, Session, stream
+from ..errors import KeyInUseError, NetdiagError
 from ..resolve import resolve, reverse
-from ..sock import DEFAULT_RCVBUF, SO_BINDTODEVICE, Bind, IPAddress, Packet, RawSocket
+from ..sock import DEFAULT_RCVBUF, Bind, IPAddress, Packet, PerFamily, RawSocket, RouteFinder
+from ..validate import check_float, check_int
 from ..wire.ip import build_ipv4_header
 from ..wire.trace import (
     PROTO_ICMP,
@@ -113,17 +112,17 @@ class Trace:
         if self.port is not None:
             if self.proto == "icmp":
                 raise ValueError("Trace.port does not apply to ICMP traces")
-            _check_int("port", self.port, 1, 65535)
-        _check_int("first_ttl", self.first_ttl, 1, 255)
-        _check_int("max_ttl", self.max_ttl, 1, 255)
+            check_int("port", self.port, 1, 65535)
+        check_int("first_ttl", self.first_ttl, 1, 255)
+        check_int("max_ttl", self.max_ttl, 1, 255)
         if self.first_ttl > self.max_ttl:
             raise ValueError(
                 f"first_ttl ({self.first_ttl}) must not exceed max_ttl ({self.max_ttl})"
             )
-        _check_float("expiry", self.expiry, 0.0, 3600.0)
-        _check_int("max_flows", self.max_flows, 1, 1024)
+        check_float("expiry", self.expiry, 0.0, 3600.0, open_low=True)
+        check_int("max_flows", self.max_flows, 1, 1024)
         if self.flows is not None:
-            _check_int("flows", self.flows, 1, self.max_flows)
+            check_int("flows", self.flows, 1, self.max_flows)
         if (
             not isinstance(self.confidence, int | float)
             or isinstance(self.confidence, bool)
@@ -133,10 +132,10 @@ class Trace:
                 f"confidence must be a fraction between 0 and 1 (0.95, 0.99), got "
                 f"{self.confidence!r}"
             )
-        _check_int("window", self.window, 1, 65536)
+        check_int("window", self.window, 1, 65536)
         if not isinstance(self.dns, bool):
             raise TypeError(f"dns must be True or False, not {self.dns!r}")
-        _check_float("dns_timeout", self.dns_timeout, 0.0, 60.0)
+        check_float("dns_timeout", self.dns_timeout, 0.0, 60.0, open_low=True)
 
     @property
     def dport(self) -> int:
@@ -144,20 +143,6 @@ class Trace:
         if self.proto == "icmp":
             return 0
         return self.port if self.port is not None else DEFAULT_PORTS[self.proto]
-
-
-def _check_int(name: str, value: object, lo: int, hi: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an integer, not {value!r}")
-    if not lo <= value <= hi:
-        raise ValueError(f"{name} must be between {lo} and {hi}, got {value}")
-
-
-def _check_float(name: str, value: object, lo: float, hi: float) -> None:
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a number of seconds, not {value!r}")
-    if math.isnan(value) or value <= lo or value > hi:
-        raise ValueError(f"{name} must be more than {lo} and at most {hi} seconds, got {value}")
 
 
 # -- results ---------------------------------------------------------------------------------
@@ -344,19 +329,12 @@ class _Family:
             engine.add_socket(self.raw, None)
         # Source discovery: opened now, so it lives in the same network namespace as the
         # probing sockets even if the caller moves threads between namespaces later.
-        self.route = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
-        if bind.device:
-            self.route.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, bind.device.encode())
-        addr = bind.for_family(v6)
-        if addr is not None:
-            self.route.bind((str(addr), 0))
+        self.route = RouteFinder(v6, bind)
         self._anc: dict[tuple[int, bytes], list[tuple[int, int, bytes]]] = {}
 
     def source(self, dst: IPAddress) -> bytes:
         """The local address the kernel routes ``dst`` from (connecting sends nothing)."""
-        self.route.connect((str(dst), 33434))
-        name = self.route.getsockname()[0].split("%", 1)[0]
-        return socket.inet_pton(socket.AF_INET6 if self.v6 else socket.AF_INET, name)
+        return self.route.source(dst)
 
     async def send(
         self, proto: int, src: bytes, dst: bytes, dst_str: str, ttl: int, pid: int, data: bytes
@@ -388,12 +366,14 @@ def _tcp_classifier(v6: bool):  # type: ignore[no-untyped-def]
     return classify
 
 
-class _Session:
-    """The state of one trace; the engine's sink for its probes."""
+class _Session(Session):
+    """The state of one trace; the engine's sink for its probes. Its results are whole hops,
+    pushed in TTL order as each is settled."""
 
     def __init__(
         self, tracer: Tracer, trace: Trace, target: IPAddress, fam: _Family, src: bytes
     ) -> None:
+        super().__init__()
         self.tracer = tracer
         self.trace = trace
         self.target = target
@@ -414,20 +394,20 @@ class _Session:
         self.horizon = trace.max_ttl
         self.next_emit = trace.first_ttl
         self.flows_used = 0
-        self.outstanding = 0
         self.sent = 0
         self.late = 0
         self.duplicates = 0
         self.complete = False
         self.closed = False
-        self.failure: BaseException | None = None
-        self.ready: deque[Hop] = deque()
         self.leases: list[Lease] = []
         self.started = 0.0
         self.finished_at = 0.0
         self._sender_wake: trio.Event | None = None
-        self._consumer_wake: trio.Event | None = None
-        self._scope: trio.CancelScope | None = None
+
+    @property
+    def settled(self) -> bool:
+        # Done at the destination (or max TTL), whatever probes beyond it are still in flight.
+        return self.complete
 
     # -- the MDA bookkeeping -------------------------------------------------------------
 
@@ -462,7 +442,7 @@ class _Session:
             if h is None or h.outstanding or (h.sent < self._needed(h) and not exhausted):
                 return
             last = ttl >= self.horizon
-            self.ready.append(self._freeze(h, last))
+            self.events.append(self._freeze(h, last))
             self.next_emit += 1
             if last:
                 self.complete = True
@@ -554,29 +534,13 @@ class _Session:
     # -- plumbing --------------------------------------------------------------------------
 
     def _notify(self) -> None:
-        for ev in (self._sender_wake, self._consumer_wake):
-            if ev is not None:
-                ev.set()
+        if self._sender_wake is not None:
+            self._sender_wake.set()
+        self.wake()
 
     async def _sender_wait(self) -> None:
         self._sender_wake = ev = trio.Event()
         await ev.wait()
-
-    async def wait(self) -> None:
-        self._consumer_wake = ev = trio.Event()
-        if self.ready or self.complete or self.failure is not None:
-            return
-        await ev.wait()
-
-    async def run_sender(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        with trio.CancelScope() as scope:
-            self._scope = scope
-            task_status.started()
-            try:
-                await self._send_all()
-            except Exception as e:  # never let one trace take down the Tracer's nursery
-                self.failure = e
-                self._notify()
 
     async def _send_all(self) -> None:
         engine = self.tracer._engine
@@ -638,8 +602,7 @@ class _Session:
         if self.closed:
             return
         self.closed = True
-        if self._scope is not None:
-            self._scope.cancel()
+        super().close()
         linger = max(_LINGER, 2 * self.trace.expiry)
         self.tracer._linger(self.leases, self.dst, self.proto, self.flow_base, linger)
         self.leases = []
@@ -663,7 +626,7 @@ class Tracer:
         self.bind = bind or Bind()
         self.rcvbuf = rcvbuf
         self._engine = Engine()
-        self._families: dict[bool, _Family | BaseException] = {}
+        self._families: PerFamily[_Family] = PerFamily("Tracer")
         self._blocks: dict[tuple[bytes, int], list[tuple[int, int]]] = {}
         self._cursor = random.randrange(0x10000)
         self._names: dict[IPAddress, str | None] = {}
@@ -686,30 +649,16 @@ class Tracer:
         try:
             return await self._engine.__aexit__(*exc)
         finally:
-            for fam in self._families.values():
-                if not isinstance(fam, BaseException):
-                    fam.close()
+            for _, fam in self._families.items():
+                fam.close()
+            self._families.clear()
 
     def _open(self) -> None:
-        errors: list[BaseException] = []
-        for v6 in (False, True):
-            try:
-                self._families[v6] = _Family(v6, self)
-            except (FamilyUnavailableError, OSError) as e:
-                if isinstance(e, PermissionError):
-                    raise
-                self._families[v6] = e
-                errors.append(e)
-        if len(errors) == 2:
-            raise errors[0]
+        # Raw sockets already handed to the engine are closed by it; the route finder is ours.
+        self._families.open(lambda v6: _Family(v6, self), _Family.close)
 
     def _family(self, v6: bool) -> _Family:
-        fam = self._families.get(v6)
-        if fam is None:
-            raise RuntimeError("use the Tracer inside `async with Tracer() as tracer:`")
-        if not isinstance(fam, BaseException):
-            return fam
-        raise FamilyUnavailableError(f"IPv{6 if v6 else 4} unavailable: {fam}")
+        return self._families.get(v6)
 
     @property
     def engine(self) -> Engine:
@@ -834,18 +783,7 @@ class Tracer:
         session = _Session(self, trace, target, fam, src)
         if box is not None:
             box.append(session)
-        try:
-            await self._engine.nursery.start(session.run_sender)
-            while True:
-                while session.ready:
-                    hop = session.ready.popleft()
-                    if trace.dns:
-                        hop = await self._named(hop, trace.dns_timeout)
-                    yield hop
-                if session.failure is not None:
-                    raise session.failure
-                if session.complete:
-                    return
-                await session.wait()
-        finally:
-            session.close()
+        async for hop in stream(self._engine, session):
+            if trace.dns:
+                hop = await self._named(hop, trace.dns_timeout)
+            yield hop
