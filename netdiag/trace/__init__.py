@@ -474,9 +474,7 @@ class _Session(Session):
     def on_event(self, lease: Lease, event: Reply, packet: Packet) -> None:
         probe: _Probe = lease.probe
         tracer = self.tracer
-        if event.token is not None and event.token != (
-            self.icmp_token if event.kind is ReplyKind.ECHO_REPLY else self.token
-        ):
+        if not self._token_ok(event):
             tracer.foreign += 1
             return
         if lease.expired or self.closed:
@@ -521,6 +519,18 @@ class _Session(Session):
             self.tracer._lookup(addr, self.trace.dns_timeout)
         self._advance()
         self._notify()
+
+    def _token_ok(self, event: Reply) -> bool:
+        """Does ``event`` carry this trace's token? Echo replies must echo it whole; an error
+        quoting an echo probe only as far as the router quoted it (as ping does)."""
+        token = event.token
+        if token is None:
+            return True
+        if event.kind is ReplyKind.ECHO_REPLY:
+            return token == self.icmp_token
+        if isinstance(token, bytes):
+            return self.icmp_token.startswith(token)
+        return token == self.token
 
     def on_expire(self, lease: Lease) -> None:
         probe: _Probe = lease.probe

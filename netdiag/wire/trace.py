@@ -208,7 +208,8 @@ class Reply:
     ``info`` is the MTU of packet-too-big / fragmentation-needed or the pointer of a parameter
     problem. ``quote_ttl`` is the TTL left in the quoted header (how the probe arrived).
     ``token`` is what the reply says about the trace that sent the probe (the TCP sequence's
-    high 16 bits, or the 4 token bytes of an echo reply's payload); the session compares it.
+    high 16 bits, the 4 token bytes of an echo reply's payload, or as many of them as an ICMP
+    error quoting an echo probe holds); the session compares it.
     """
 
     kind: ReplyKind
@@ -250,8 +251,10 @@ class Reply:
         return ""
 
 
-def key_from_quote(q: IPHeader) -> tuple[ProbeKey, int | None] | None:
-    """The key of the probe an ICMP error quotes, and the TCP token it carries (else None).
+def key_from_quote(q: IPHeader) -> tuple[ProbeKey, int | bytes | None] | None:
+    """The key of the probe an ICMP error quotes, and the token it carries: the TCP token
+    (``int``), the echo probe's token bytes as far as the router quoted them (``bytes``,
+    possibly cut short or empty), or ``None`` (UDP probes carry none).
 
     ``q.proto`` is already past any IPv6 extension headers (wire.ip walks them), so quotes of
     probes that carried, say, a destination-options header are still ours.
@@ -270,7 +273,8 @@ def key_from_quote(q: IPHeader) -> tuple[ProbeKey, int | None] | None:
         if p[0] != (ECHO_REQUEST6 if proto == PROTO_ICMP6 else ECHO_REQUEST4):
             return None
         ident, seq = struct.unpack_from("!HH", p, 4)
-        return (q.dst, proto, ident, seq), None
+        # After the 8-byte header: 2 compensation bytes, then the trace's 4-byte token.
+        return (q.dst, proto, ident, seq), bytes(p[10:14])
     return None
 
 
