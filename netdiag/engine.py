@@ -85,15 +85,20 @@ class Lease:
     def finish(self) -> None:
         """Stop the expiry clock (the probe got its answer) but keep the key registered, so
         duplicates and late copies are still recognised until :meth:`release`."""
+        if self.state == ACTIVE and self.deadline != math.inf:
+            self._engine._dead_entry()
         self.deadline = math.inf
 
     def release(self) -> None:
         """Remove the key from the table. Idempotent."""
         if self.state != RELEASED:
+            dead = self.state == ACTIVE and self.deadline != math.inf
             self.state = RELEASED
             table = self._engine.table
             if table.get(self.key) is self:
                 del table[self.key]
+            if dead:
+                self._engine._dead_entry()
 
     def __enter__(self) -> Lease:
         return self
@@ -125,6 +130,7 @@ class Engine:
         self.stats = EngineStats()
         self._batch = batch
         self._heap: list[tuple[float, int, Lease]] = []
+        self._dead = 0  # heap entries whose lease was answered or released before its deadline
         self._counter = itertools.count()
         self._expiry_scope: trio.CancelScope | None = None
         self._nursery: trio.Nursery | None = None
@@ -151,6 +157,7 @@ class Engine:
             self._sockets.clear()
             self.table.clear()
             self._heap.clear()
+            self._dead = 0
 
     @property
     def nursery(self) -> trio.Nursery:
@@ -189,6 +196,22 @@ class Engine:
     def in_use(self, key: Hashable) -> bool:
         return key in self.table
 
+    def _dead_entry(self) -> None:
+        """A heap entry stopped mattering (answered or released early). Entries leave the heap
+        lazily, at their deadline; but when most of a big heap is dead -- 10,000 probes with a
+        long expiry cancelled at once, say -- rebuild it now, so their memory is not held until
+        deadlines that may be hours away; and drop them all once nothing is active. Amortised
+        O(1) per probe."""
+        self._dead += 1
+        heap = self._heap
+        if not self.table:  # nothing is active: every entry left is dead
+            heap.clear()
+            self._dead = 0
+        elif self._dead > 1024 and 2 * self._dead > len(heap):
+            heap[:] = [e for e in heap if e[2].state == ACTIVE and e[2].deadline == e[0]]
+            heapq.heapify(heap)
+            self._dead = 0
+
     # -- tasks -----------------------------------------------------------------------------
 
     async def _expiry_loop(self) -> None:
@@ -205,6 +228,8 @@ class Engine:
                     except Exception:
                         self.stats.sink_errors += 1
                         log.exception("sink failed on expiry of %r", lease.key)
+                else:
+                    self._dead -= 1
             with trio.CancelScope(deadline=heap[0][0] if heap else math.inf) as scope:
                 self._expiry_scope = scope
                 await trio.sleep_forever()
