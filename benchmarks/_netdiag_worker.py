@@ -1,0 +1,325 @@
+"""netdiag side of the benchmark: one process, run by benchmarks/run.py inside the lab's source
+namespace (``ip netns exec <src> python benchmarks/_netdiag_worker.py ...``).
+
+Why a separate process: CPU time and peak RSS are then measured per tool by the parent with
+``wait4`` (rusage of exactly this process), the same way as for fping and icmplib, and a crash or
+hang here cannot take the lab (and its teardown) with it.
+
+Modes:
+
+* ``sweep``  -- ``Pinger.sweep(targets, count=, interval=, expiry=, rate=)``: the mass-ping path;
+* ``ping``   -- ``Pinger.results(Ping(addr, count, interval))``: the plain single-target path
+  (RTT accuracy against iputils);
+* ``knock``  -- one ``Knocker.results(Knock(addr, port, count=1))`` task per (host, port).
+
+It prints one JSON object on stdout: counts, the library wall time (first send to last result;
+interpreter start-up, imports and opening sockets are excluded: the parent measures the whole
+process separately), CPU of the work, RSS before/after, RTTs, and optionally every probe's
+(address, seq, rtt) so the parent can compare them with its packet capture.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import ipaddress
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+# The netdiag under test: run.py passes a snapshot of a commit in NETDIAG_PATH (default), or
+# the working tree (--working-tree); never whatever happens to be pip-installed.
+sys.path.insert(0, os.environ.get("NETDIAG_PATH") or str(Path(__file__).resolve().parents[1]))
+
+import trio
+
+import netdiag
+from netdiag import Ping, Pinger
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def _read_targets(path: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    with open(path) as f:
+        return [ipaddress.ip_address(line.strip()) for line in f if line.strip()]
+
+
+class Progress:
+    """A live counter on stderr (only when asked: the parent passes --progress on long runs)."""
+
+    def __init__(self, label: str, total: int, enabled: bool) -> None:
+        self.label, self.total, self.enabled = label, total, enabled
+        self.next_t = time.monotonic() + 0.5
+        self.shown = False
+
+    def tick(self, done: int) -> None:
+        if self.enabled and (done & 1023) == 0:
+            now = time.monotonic()
+            if now >= self.next_t:
+                self.next_t = now + 0.5
+                self.shown = True
+                print(f"\r  {self.label}: {done}/{self.total} results", end="", file=sys.stderr)
+
+    def end(self) -> None:
+        if self.shown:
+            print("\r" + " " * 60 + "\r", end="", file=sys.stderr)
+
+
+def _pinger() -> Pinger:
+    try:
+        return Pinger(privileged=True)  # raw sockets, as fping/icmplib(privileged) use
+    except TypeError:  # an older Pinger without the privileged= switch
+        return Pinger()
+
+
+async def run_ping_like(args: argparse.Namespace) -> dict:
+    if args.mode == "sweep":
+        targets = _read_targets(args.targets)
+        total = len(targets) * args.count
+    else:
+        targets = [ipaddress.ip_address(args.addr)]
+        total = args.count
+    progress = Progress("netdiag", total, args.progress)
+    sent = received = timeouts = errors = dups = late = 0
+    rtts: list[float] = []
+    probes: list[tuple[str, int, float]] = []
+    dump = args.dump
+    prof = cProfile.Profile() if args.profile else None
+    async with _pinger() as pinger:
+        rss_before = _status_kb("VmRSS")
+        if prof is not None:  # the library's work only: not target parsing, imports, sockets
+            prof.enable()
+        cpu0 = time.process_time()
+        t0 = time.perf_counter()
+        if args.mode == "sweep":
+            it = pinger.sweep(
+                targets,
+                count=args.count,
+                interval=args.interval,
+                expiry=args.expiry,
+                size=args.size,
+                rate=args.rate,
+            )
+        else:
+            it = pinger.results(
+                Ping(targets[0], count=args.count, interval=args.interval, expiry=args.expiry,
+                     size=args.size)
+            )  # fmt: skip
+        n = 0
+        async for r in it:
+            n += 1
+            if r.duplicate:
+                dups += 1
+                continue
+            if r.late:
+                late += 1
+                continue
+            sent += 1
+            if r.kind == "reply":
+                received += 1
+                rtts.append(r.rtt)
+                if dump:
+                    probes.append((str(r.addr), r.seq, r.rtt))
+            elif r.kind == "timeout":
+                timeouts += 1
+            else:
+                errors += 1
+            progress.tick(n)
+        wall = time.perf_counter() - t0
+        cpu = time.process_time() - cpu0
+        if prof is not None:
+            prof.disable()
+            prof.dump_stats(args.profile)
+        progress.end()
+        rss_after = _status_kb("VmRSS")
+        engine = pinger.engine.stats
+        foreign = pinger.foreign
+    rtts.sort()
+    return {
+        "tool": "netdiag",
+        "version": netdiag.__version__,
+        "mode": args.mode,
+        "probes": total,
+        "sent": sent,
+        "received": received,
+        "timeouts": timeouts,
+        "errors": errors,
+        "duplicates": dups,
+        "late": late,
+        "foreign": foreign,
+        "engine": {k: getattr(engine, k) for k in engine.__slots__},
+        "work_wall": wall,
+        "work_cpu": cpu,
+        "rss_before_kb": rss_before,
+        "rss_after_kb": rss_after,
+        "hwm_kb": _status_kb("VmHWM"),
+        "rtt_median": rtts[len(rtts) // 2] if rtts else None,
+        "rtt_p99": rtts[min(len(rtts) - 1, int(len(rtts) * 0.99))] if rtts else None,
+        "probes_dump": probes if dump else None,
+    }
+
+
+async def run_knock(args: argparse.Namespace) -> dict:
+    from netdiag import Knock, Knocker
+
+    hosts = _read_targets(args.targets)
+    ports = [int(p) for p in args.ports.split(",")]
+    pairs = [(h, p) for h in hosts for p in ports]
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    progress = Progress("netdiag knock", len(pairs), args.progress)
+    counts = {"open": 0, "closed": 0, "filtered": 0, "error": 0}
+    dups = late = 0
+    rtts: list[float] = []
+    done = 0
+
+    async with Knocker() as knocker:
+        rss_before = _status_kb("VmRSS")
+
+        async def one(addr, port) -> None:  # type: ignore[no-untyped-def]
+            nonlocal dups, late, done
+            async for r in knocker.results(Knock(addr, port, count=1, expiry=args.expiry)):
+                if r.duplicate:
+                    dups += 1
+                elif r.late:
+                    late += 1
+                else:
+                    counts[r.kind] += 1
+                    if r.rtt is not None and r.kind in ("open", "closed"):
+                        rtts.append(r.rtt)
+                    done += 1
+                    progress.tick(done)
+
+        prof = cProfile.Profile() if args.profile else None
+        if prof is not None:
+            prof.enable()
+        cpu0 = time.process_time()
+        t0 = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for h, p in pairs:
+                nursery.start_soon(one, h, p)
+        wall = time.perf_counter() - t0
+        cpu = time.process_time() - cpu0
+        if prof is not None:
+            prof.disable()
+            prof.dump_stats(args.profile)
+        progress.end()
+    rtts.sort()
+    answered = counts["open"] + counts["closed"]
+    return {
+        "tool": "netdiag",
+        "version": netdiag.__version__,
+        "mode": "knock",
+        "probes": len(pairs),
+        "sent": len(pairs),
+        "received": answered,
+        "outcomes": counts,
+        "duplicates": dups,
+        "late": late,
+        "work_wall": wall,
+        "work_cpu": cpu,
+        "rss_before_kb": rss_before,
+        "hwm_kb": _status_kb("VmHWM"),
+        "rtt_median": rtts[len(rtts) // 2] if rtts else None,
+        "rtt_p99": rtts[min(len(rtts) - 1, int(len(rtts) * 0.99))] if rtts else None,
+    }
+
+
+async def run_trace(args: argparse.Namespace) -> dict:
+    """``args.count`` full routes (after one warm-up that fills neighbour caches), MDA 95 %."""
+    from netdiag import Trace, Tracer
+
+    trace = Trace(args.addr, proto=args.proto, expiry=args.expiry, confidence=0.95, max_ttl=16)
+    elapsed: list[float] = []
+    sents: list[int] = []
+    answered = 0
+    hops: list[int] = []
+    async with Tracer() as tracer:
+        rss_before = _status_kb("VmRSS")
+        await tracer.route(trace)
+        cpu0 = time.process_time()
+        t0 = time.perf_counter()
+        for _ in range(args.count):
+            res = await tracer.route(trace)
+            elapsed.append(res.elapsed)
+            sents.append(res.sent)
+            answered = res.sent - sum(h.timeouts for h in res.hops)
+            hops = [len(h.responders) for h in res.hops]
+            reached = res.reached
+        wall = time.perf_counter() - t0
+        cpu = time.process_time() - cpu0
+    elapsed.sort()
+    return {
+        "tool": "netdiag",
+        "version": netdiag.__version__,
+        "mode": "trace",
+        "proto": args.proto,
+        "runs": args.count,
+        "probes": sents[-1],
+        "sent": sents[-1],
+        "received": answered,
+        "sent_per_trace": sorted(sents)[len(sents) // 2],
+        "sent_all": sents,
+        "reached": reached,
+        "hops": hops,
+        "elapsed_median": elapsed[len(elapsed) // 2],
+        "elapsed_all": elapsed,
+        "work_wall": wall,
+        "work_cpu": cpu / args.count,
+        "rss_before_kb": rss_before,
+        "hwm_kb": _status_kb("VmHWM"),
+        "rtt_median": None,
+        "rtt_p99": None,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("mode", choices=("sweep", "ping", "knock", "trace"))
+    p.add_argument("--targets", help="file with one address per line (sweep, knock)")
+    p.add_argument("--addr", help="single target (ping)")
+    p.add_argument("--ports", default="80", help="comma-separated ports (knock)")
+    p.add_argument("--proto", default="udp", help="trace protocol")
+    p.add_argument("--count", type=int, default=1)
+    p.add_argument("--interval", type=float, default=0.0)
+    p.add_argument("--expiry", type=float, default=2.0)
+    p.add_argument("--size", type=int, default=56)
+    p.add_argument("--rate", type=float, default=None)
+    p.add_argument("--dump", action="store_true", help="include every reply's (addr, seq, rtt)")
+    p.add_argument("--progress", action="store_true")
+    p.add_argument("--profile", help="cProfile the sweep/ping itself, write the stats here")
+    p.add_argument("--deadline", type=float, default=300.0, help="hard cap in seconds")
+    args = p.parse_args()
+
+    fn = {"knock": run_knock, "trace": run_trace}.get(args.mode, run_ping_like)
+    try:
+        if args.mode == "knock":
+            from netdiag import Knocker  # noqa: F401
+        if args.mode == "trace":
+            from netdiag import Tracer  # noqa: F401
+    except ImportError as e:
+        print(json.dumps({"error": f"TODO: {e}"}))
+        os._exit(3)
+
+    async def bounded() -> dict:
+        with trio.fail_after(args.deadline):
+            return await fn(args)
+
+    result = trio.run(bounded)
+    json.dump(result, sys.stdout)
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    os._exit(0)  # skip interpreter teardown: it is not part of anything we measure
+
+
+if __name__ == "__main__":
+    main()
