@@ -36,7 +36,7 @@ import trio
 from .errors import KeyInUseError
 from .sock import Packet, RawSocket
 
-__all__ = ["Engine", "EngineStats", "Lease", "Session", "Sink", "stream"]
+__all__ = ["Engine", "EngineStats", "Lease", "Pacer", "Session", "Sink", "stream"]
 
 log = logging.getLogger("netdiag.engine")
 
@@ -120,6 +120,9 @@ class EngineStats:
     sink_errors: int = 0
     socket_errors: int = 0
     expired: int = 0
+    #: datagrams the kernel dropped because a receive buffer was full (SO_RXQ_OVFL): replies
+    #: lost on this host, which the probes report as timeouts
+    kernel_drops: int = 0
 
 
 class Engine:
@@ -239,12 +242,31 @@ class Engine:
         stats = self.stats
         table = self.table
         batch = self._batch
+        drops = getattr(sock, "drops", 0)
+        warned = -math.inf
         while True:
             await sock.wait_readable()
             packets, err = sock.recv_batch(batch)
             if err is not None:
                 stats.socket_errors += 1
                 log.warning("receive error on %s socket: %s", "IPv6" if sock.v6 else "IPv4", err)
+            now_drops = getattr(sock, "drops", 0)
+            if now_drops != drops:
+                # The kernel threw replies away: they will show as timeouts. Say why, at most
+                # once a second per socket, so an overloaded host is not also flooded with logs.
+                lost = (now_drops - drops) & 0xFFFFFFFF
+                drops = now_drops
+                stats.kernel_drops += lost
+                if trio.current_time() - warned >= 1.0:
+                    warned = trio.current_time()
+                    log.warning(
+                        "receive buffer full on %s socket: the kernel dropped %d packets "
+                        "(%d so far); their probes will be reported lost. A bigger rcvbuf, "
+                        "a lower rate or a less busy process helps",
+                        "IPv6" if sock.v6 else "IPv4",
+                        lost,
+                        stats.kernel_drops,
+                    )
             for pkt in packets:
                 stats.received += 1
                 if pkt.truncated:
@@ -372,3 +394,54 @@ async def stream(engine: Engine, session: Session) -> AsyncIterator[Any]:
             await session.wait()
     finally:
         session.close()
+
+
+class Pacer:
+    """When a session's sender may send its next probe.
+
+    Round ``i`` starts ``i * interval`` after the first; within a round, probes leave back to
+    back, or ``rate`` per second when given. The sender sleeps only when it is ahead of
+    schedule by more than a millisecond (sleeping per probe would cost a cancel scope and a
+    timer each), and otherwise yields to the event loop every ``burst`` probes so the receive
+    loops drain replies while a big batch goes out. :attr:`now` is trio's clock as of the last
+    wait: good enough for deadlines, and one clock read per burst instead of per probe.
+    """
+
+    def __init__(self, interval: float, rate: float | None = None, burst: int = 64) -> None:
+        self.interval = interval
+        self.gap = 1.0 / rate if rate else 0.0
+        self.burst = burst
+        self.start = self.now = trio.current_time()
+        self._next = self.start
+        self._unyielded = 0
+
+    async def round(self, i: int) -> None:
+        """Wait for round ``i`` (0-based) to begin."""
+        if i:
+            due = self.start + i * self.interval
+            self.now = trio.current_time()
+            if due > self.now:
+                await trio.sleep_until(due)
+                self.now = trio.current_time()
+                self._unyielded = 0
+            self._next = max(self._next, self.now)
+
+    async def probe(self) -> None:
+        """Wait until the next probe may leave."""
+        if self.gap:
+            self._next += self.gap
+            self.now = trio.current_time()
+            if self._next - self.now > 0.001:
+                await trio.sleep_until(self._next)
+                self.now = trio.current_time()
+                self._unyielded = 0
+        elif self._unyielded >= self.burst:
+            await trio.lowlevel.checkpoint()
+            self.now = trio.current_time()
+            self._unyielded = 0
+        self._unyielded += 1
+
+    def waited(self) -> None:
+        """The sender blocked elsewhere (a full socket buffer): refresh the clock."""
+        self.now = trio.current_time()
+        self._unyielded = 0

@@ -49,6 +49,7 @@ T = TypeVar("T")
 
 # Linux constants the socket module does not export on every Python version.
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
 IP_RECVTTL = getattr(socket, "IP_RECVTTL", 12)
@@ -78,6 +79,7 @@ _TIMESPEC = struct.Struct("@qq")
 _EE = struct.Struct("@IBBBBII")  # struct sock_extended_err
 _RECVERR_CMSGS = {(socket.IPPROTO_IP, IP_RECVERR), (socket.IPPROTO_IPV6, IPV6_RECVERR)}
 _INT = struct.Struct("@i")
+_U32 = struct.Struct("@I")
 _RECV_BUF = 65536 + 256
 _ANC_BUF = 512
 
@@ -146,7 +148,9 @@ class Packet:
     IPV6_PKTINFO and for IPv4 from the IP header (raw sockets) or IP_PKTINFO. ``ttl`` is the
     received TTL or hop limit when the kernel reported it. ``stamp_ns`` is the kernel receive time
     (CLOCK_REALTIME nanoseconds), or our own reading of that clock if the kernel gave none.
-    ``port`` is the source port the socket reported (0 for raw sockets).
+    ``port`` is the source port the socket reported (0 for raw sockets). ``drops`` is the
+    kernel's running count of datagrams this socket lost to a full receive buffer, as of this
+    one (SO_RXQ_OVFL; 0 until the first loss).
     """
 
     data: bytes
@@ -158,6 +162,7 @@ class Packet:
     port: int = 0
     truncated: bool = False
     err: ExtErr | None = None
+    drops: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +192,10 @@ class RawSocket:
     sockets, and UDP). Opening raises :class:`PrivilegeError` on EPERM/EACCES and
     :class:`FamilyUnavailableError` when the family is not supported on this host.
     """
+
+    #: Datagrams the kernel dropped because the receive buffer was full (SO_RXQ_OVFL), as last
+    #: reported; the engine turns increases into a counter and a warning.
+    drops: int = 0
 
     def __init__(
         self,
@@ -269,6 +278,10 @@ class RawSocket:
             except OSError:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
             s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            # Have the kernel tell us how many datagrams a full buffer cost (a cmsg on each
+            # packet once any was lost), so overload shows up as counted loss, not mystery.
+            with contextlib.suppress(OSError):
+                s.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
             if self.v6:
                 s.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVHOPLIMIT, 1)
                 s.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
@@ -381,20 +394,24 @@ class RawSocket:
                     out.append(_make_packet(bytes(buf[:n]), anc, flags, addr, v6))
                 except (ValueError, struct.error, OSError):
                     continue
+        err: OSError | None = None
         for _ in range(limit):
             try:
                 n, anc, flags, addr = recv([buf], _ANC_BUF)
             except BlockingIOError:
-                return out, None
+                break
             except InterruptedError:
                 continue
             except OSError as e:
-                return out, e
+                err = e
+                break
             try:
                 out.append(_make_packet(bytes(buf[:n]), anc, flags, addr, v6))
             except (ValueError, struct.error, OSError):
                 continue
-        return out, None
+        if out and out[-1].drops != self.drops:  # cumulative: the newest packet knows best
+            self.drops = out[-1].drops
+        return out, err
 
     def local_port(self) -> int:
         return self.sock.getsockname()[1]
@@ -417,10 +434,13 @@ def _make_packet(
     ttl: int | None = None
     dst: bytes | None = None
     err: ExtErr | None = None
+    drops = 0
     for level, typ, cdata in anc:
         if level == _SOL_SOCKET and typ == SO_TIMESTAMPNS and len(cdata) >= 16:
             sec, nsec = _TIMESPEC.unpack_from(cdata)
             stamp = sec * 1_000_000_000 + nsec
+        elif level == _SOL_SOCKET and typ == SO_RXQ_OVFL and len(cdata) >= 4:
+            drops = _U32.unpack_from(cdata)[0]
         elif (level, typ) in _RECVERR_CMSGS and len(cdata) >= 16:
             e_errno, origin, etype, ecode, _pad, info, _data = _EE.unpack_from(cdata)
             offender = None
@@ -460,6 +480,7 @@ def _make_packet(
         port=addr[1],
         truncated=bool(flags & _MSG_TRUNC),
         err=err,
+        drops=drops,
     )
 
 

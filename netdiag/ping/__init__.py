@@ -19,9 +19,7 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import trio
-
-from ..engine import Engine, Lease, Session, stream
+from ..engine import Engine, Lease, Pacer, Session, stream
 from ..errors import KeyInUseError, NetdiagError, PrivilegeError
 from ..resolve import resolve
 from ..sock import (
@@ -326,35 +324,16 @@ class _Session(Session):
         tlen = min(TOKEN_LEN, ping.size)
         expiry = ping.expiry
         grace = 2 * expiry
-        gap = 1.0 / self.rate if self.rate else 0.0
         getrandbits = random.getrandbits
         leases = self.leases
-        start = trio.current_time()
-        next_send = start
-        unyielded = 0
-        now = start
-        current_time = trio.current_time
+        pacer = Pacer(ping.interval, self.rate)
         for i in range(ping.count):
-            if i:
-                await trio.sleep_until(start + i * ping.interval)
-                now = current_time()
-                next_send = max(next_send, now)
+            await pacer.round(i)
             seq = i + 1
             wire_seq = seq & 0xFFFF
             for target in self.targets:
-                if gap:
-                    next_send += gap
-                    now = current_time()
-                    if next_send - now > 0.001:
-                        await trio.sleep_until(next_send)
-                        now = current_time()
-                        unyielded = 0
-                elif unyielded >= 64:
-                    # Back to back: let the receive loops drain replies every so often.
-                    await trio.lowlevel.checkpoint()
-                    now = current_time()
-                    unyielded = 0
-                unyielded += 1
+                await pacer.probe()
+                now = pacer.now
                 token = getrandbits(64).to_bytes(8, "big")[:tlen]
                 probe = _Probe(target, seq, token, now + expiry)
                 fam = target.fam
@@ -381,14 +360,14 @@ class _Session(Session):
                         probe.sent_ns = target.sock.send_nowait(data, target.dst, target.anc)
                     except BlockingIOError:
                         probe.sent_ns = await target.sock.send(data, target.dst, target.anc)
-                        unyielded = 0
+                        pacer.waited()
                 except OSError as e:
                     lease.release()
                     self.outstanding -= 1
                     self.push(_send_failure(seq, target.addr, e.strerror or str(e)))
             # Forget probes old enough that no reply can matter any more: memory stays bounded
             # on a ping that runs for days.
-            now = trio.current_time()
+            now = pacer.now
             while leases and leases[0].probe.due + grace < now:
                 leases.popleft().release()
 
