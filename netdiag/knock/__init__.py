@@ -33,13 +33,11 @@ import random
 import socket
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import trio
-
-from ..engine import Engine, Lease, Session, stream
+from ..engine import Engine, Lease, Pacer, Session, stream
 from ..errors import KeyInUseError
 from ..resolve import resolve
 from ..sock import (
@@ -276,10 +274,29 @@ class _Family:
         self.icmp: RawSocket | BaseException | None = None
 
 
-class _Probe:
-    __slots__ = ("answered", "deadline", "isn", "port_sock", "sent_ns", "seq", "sport")
+class _Target:
+    """One (address, port) of a session, with what sending to it needs."""
 
-    def __init__(self, seq: int, isn: int, sport: int, port_sock: socket.socket) -> None:
+    __slots__ = ("addr", "anc", "dst", "error", "fam", "local", "packed", "port")
+
+    def __init__(self, addr: IPAddress, port: int, fam: _Family) -> None:
+        self.addr = addr
+        self.port = port
+        self.fam = fam
+        self.packed = addr.packed
+        self.dst = str(addr)
+        self.local = b""
+        self.anc: list[tuple[int, int, bytes]] = []
+        self.error: str | None = None
+
+
+class _Probe:
+    __slots__ = ("answered", "deadline", "isn", "port_sock", "sent_ns", "seq", "sport", "target")
+
+    def __init__(
+        self, target: _Target, seq: int, isn: int, sport: int, port_sock: socket.socket
+    ) -> None:
+        self.target = target
         self.seq = seq
         self.isn = isn
         self.sport = sport
@@ -290,16 +307,33 @@ class _Probe:
 
 
 class _Session(Session):
-    """The state of one :meth:`Knocker.results` call; the engine's sink for its probes."""
+    """The state of one :meth:`Knocker.results` or :meth:`Knocker.sweep` call: one sender
+    task for any number of (address, port) targets, and the engine's sink for their probes."""
 
-    def __init__(self, knocker: Knocker, knock: Knock, target: IPAddress, fam: _Family) -> None:
+    def __init__(self, knocker: Knocker, knock: Knock, rate: float | None = None) -> None:
         super().__init__()
         self.knocker = knocker
         self.knock = knock
-        self.target = target
-        self.packed = target.packed
-        self.fam = fam
+        self.rate = rate
+        self.targets: list[_Target] = []
         self.live: deque[tuple[Lease, _Probe]] = deque()
+
+    def add_target(self, addr: IPAddress, port: int) -> None:
+        knocker = self.knocker
+        target = _Target(addr, port, knocker._family(addr.version == 6))
+        try:
+            local = knocker._source(addr)
+        except OSError as e:
+            # No route: every probe to it fails locally, the way sendmsg would have failed.
+            target.error = e.strerror or str(e)
+        else:
+            target.local = local.packed
+            # IPv6: the kernel fills the checksum (IPV6_CHECKSUM) and IPV6_PKTINFO pins the
+            # source it covers. IPv4: we compute it over the pseudo-header with the route's
+            # source address, which is the address the kernel puts in the header it builds.
+            if target.fam.v6:
+                target.anc = target.fam.tcp.ancillary(src=target.local)
+        self.targets.append(target)
 
     # -- engine sink -----------------------------------------------------------------------
 
@@ -312,90 +346,85 @@ class _Session(Session):
             return
         rtt = max(packet.stamp_ns - probe.sent_ns, 0) / 1e9 if probe.sent_ns else None
         responder = ipaddress.ip_address(packet.src)
-        k = self.knock
+        t = probe.target
         if isinstance(event, QuotedSyn):
             err = _knock_error(event.error)
             base = KnockResult(
-                probe.seq, self.target, k.port, "error", rtt, responder, packet.ttl,
+                probe.seq, t.addr, t.port, "error", rtt, responder, packet.ttl,
                 sport=probe.sport, error=err,
             )  # fmt: skip
         else:
             kind: Outcome = "closed" if event.flags & RST else "open"
             base = KnockResult(
-                probe.seq, self.target, k.port, kind, rtt, responder, packet.ttl,
+                probe.seq, t.addr, t.port, kind, rtt, responder, packet.ttl,
                 flags=event.flags, sport=probe.sport,
             )  # fmt: skip
         self.deliver(lease, probe, base)
 
     def on_expire(self, lease: Lease) -> None:
         probe: _Probe = lease.probe
+        t = probe.target
         self.outstanding -= 1
-        self.push(
-            KnockResult(probe.seq, self.target, self.knock.port, "filtered", sport=probe.sport)
-        )
+        self.push(KnockResult(probe.seq, t.addr, t.port, "filtered", sport=probe.sport))
 
-    def _local_failure(self, seq: int, text: str, sport: int = 0) -> None:
+    def _local_failure(self, t: _Target, seq: int, text: str, sport: int = 0) -> None:
         err = KnockError(None, -1, -1, text)
-        self.push(KnockResult(seq, self.target, self.knock.port, "error", sport=sport, error=err))
+        self.push(KnockResult(seq, t.addr, t.port, "error", sport=sport, error=err))
 
     async def _send_all(self) -> None:
         k = self.knock
         knocker = self.knocker
-        engine = knocker._engine
-        v6 = self.fam.v6
-        sock = self.fam.tcp
-        dst = str(self.target)
-        try:
-            local = knocker._source(self.target)
-        except OSError as e:
-            # No route: every probe fails locally, the way sendmsg would have failed.
-            for i in range(k.count):
-                self._local_failure(i, e.strerror or str(e))
-            return
-        lpacked = local.packed
-        # IPv6: the kernel fills the checksum (IPV6_CHECKSUM) and IPV6_PKTINFO pins the source
-        # it covers. IPv4: we compute it over the pseudo-header with the route's source address,
-        # which is the address the kernel will put in the IP header it builds.
-        anc = sock.ancillary(src=lpacked) if v6 else []
+        register = knocker._engine.register
         expiry = k.expiry
-        start = trio.current_time()
         getrandbits = random.getrandbits
         ts_base = knocker._ts_offset
+        pacer = Pacer(k.interval, self.rate)
         for i in range(k.count):
-            if i:
-                await trio.sleep_until(start + i * k.interval)
-            self._release_old(trio.current_time())
-            try:
-                port_sock = reserve_tcp_port(v6)
-                sport = port_sock.getsockname()[1]
-            except OSError as e:
-                self._local_failure(i, f"no free source port: {e.strerror or e}")
-                continue
-            isn = getrandbits(32)
+            await pacer.round(i)
+            self._release_old(pacer.now)
             tsval = (ts_base + time.monotonic_ns() // 1_000_000) & 0xFFFFFFFF
-            data = build_syn(
-                lpacked, self.packed, sport, k.port, isn,
-                options=syn_options(v6, tsval), checksum_field=not v6,
-            )  # fmt: skip
-            probe = _Probe(i, isn, sport, port_sock)
-            try:
-                lease = engine.register((lpacked, sport, self.packed, k.port), self, expiry, probe)
-            except KeyInUseError:  # only if another engine's raw socket shares our port
-                port_sock.close()
-                self._local_failure(i, "source port still in flight", sport)
-                continue
-            self.live.append((lease, probe))
-            self.outstanding += 1
-            probe.deadline = trio.current_time() + expiry
-            try:
-                probe.sent_ns = await sock.send(data, dst, anc)
-            except OSError as e:
-                self._drop(lease, probe)
-                self.live.pop()
-                self.outstanding -= 1
-                self._local_failure(i, e.strerror or str(e), sport)
-            else:
-                knocker.sent += 1
+            for t in self.targets:
+                if t.error is not None:
+                    self._local_failure(t, i, t.error)
+                    continue
+                await pacer.probe()
+                v6 = t.fam.v6
+                try:
+                    port_sock = reserve_tcp_port(v6)
+                    sport = port_sock.getsockname()[1]
+                except OSError as e:
+                    self._local_failure(t, i, f"no free source port: {e.strerror or e}")
+                    continue
+                isn = getrandbits(32)
+                data = build_syn(
+                    t.local, t.packed, sport, t.port, isn,
+                    options=syn_options(v6, tsval), checksum_field=not v6,
+                )  # fmt: skip
+                probe = _Probe(t, i, isn, sport, port_sock)
+                try:
+                    lease = register((t.local, sport, t.packed, t.port), self, expiry, probe,
+                                     pacer.now)  # fmt: skip
+                except KeyInUseError:  # only if another engine's raw socket shares our port
+                    port_sock.close()
+                    self._local_failure(t, i, "source port still in flight", sport)
+                    continue
+                self.live.append((lease, probe))
+                self.outstanding += 1
+                probe.deadline = pacer.now + expiry
+                sock = t.fam.tcp
+                try:
+                    try:
+                        probe.sent_ns = sock.send_nowait(data, t.dst, t.anc)
+                    except BlockingIOError:
+                        probe.sent_ns = await sock.send(data, t.dst, t.anc)
+                        pacer.waited()
+                except OSError as e:
+                    self._drop(lease, probe)
+                    self.live.pop()
+                    self.outstanding -= 1
+                    self._local_failure(t, i, e.strerror or str(e), sport)
+                else:
+                    knocker.sent += 1
 
     def _release_old(self, now: float) -> None:
         """Forget probes resolved long enough ago that no answer can matter: keeps memory and
@@ -532,16 +561,48 @@ class Knocker:
         if not isinstance(knock, Knock):
             raise TypeError(f"expected a netdiag.Knock, got {knock!r}")
         target = await resolve(knock.addr)
-        fam = self._family(target.version == 6)
+        self._family(target.version == 6)
+        self._check_netns()
+        session = _Session(self, knock)
+        session.add_target(target, knock.port)
+        async for r in stream(self._engine, session):
+            yield r
+
+    async def sweep(
+        self,
+        targets: Iterable[tuple[IPAddress | str, int]],
+        *,
+        count: int = 1,
+        interval: float = 1.0,
+        expiry: float = 2.0,
+        rate: float | None = None,
+    ) -> AsyncIterator[KnockResult]:
+        """Knock many ``(address, port)`` pairs from one sender task; yield results as they
+        come. Round ``i`` sends one SYN to every pair, ``i * interval`` after the first;
+        ``rate`` caps SYNs per second (default: as fast as the socket takes them). The path for
+        thousands of hosts and ports: no task per target."""
+        if rate is not None:
+            check_float("rate", rate, 0.0, 1e7, open_low=True)
+        pairs = [(await resolve(a), p) for a, p in targets]
+        if not pairs:
+            raise ValueError("sweep needs at least one (address, port)")
+        for _, port in pairs:
+            check_int("port", port, 1, 65535)
+        knock = Knock(pairs[0][0], pairs[0][1], count, interval, expiry)
+        self._check_netns()
+        session = _Session(self, knock, rate)
+        for addr, port in pairs:
+            session.add_target(addr, port)
+        async for r in stream(self._engine, session):
+            yield r
+
+    def _check_netns(self) -> None:
         if _netns() != self._netns:
             # Source discovery and port reservation open sockets per probe, in the current
             # thread's namespace; they must be the raw sockets' namespace or nothing matches.
             raise RuntimeError(
                 "the Knocker was opened in another network namespace: knock from that one"
             )
-        session = _Session(self, knock, target, fam)
-        async for r in stream(self._engine, session):
-            yield r
 
     async def knock(self, knock: Knock) -> AsyncIterator[float | None]:
         """Yield, in probe order, each SYN's RTT in seconds if the port answered open
