@@ -426,3 +426,34 @@ def test_cli_bad_input(lab: Lab, args: list[str], message: str) -> None:
     assert rc == 2
     assert out == ""
     assert len(err.strip().splitlines()) == 1 and message in err, err
+
+
+async def test_knock_sweep_over_hosts_and_ports(lab: Lab) -> None:
+    """One sweep, one sender task: an open port, a closed port, on two hosts, both families."""
+    from netdiag import Knocker
+
+    with lab.enter("dst"):
+        listeners = []
+        for fam, addr in ((socket.AF_INET, str(lab.dst.v4)), (socket.AF_INET6, str(lab.dst.v6))):
+            s = socket.socket(fam, socket.SOCK_STREAM)
+            s.bind((addr, 8443))
+            s.listen(64)
+            s.setblocking(False)
+            listeners.append(s)
+    try:
+        pairs = [(lab.dst.v4, 8443), (lab.dst.v4, 8444), (lab.dst.v6, 8443), (lab.dst.v6, 8444)]
+        with lab.enter("src"):
+            async with Knocker() as knocker:
+                results = [r async for r in knocker.sweep(pairs, count=2, interval=0.05)]
+                assert knocker.engine.table == {}
+        kinds = {(str(r.addr), r.port, r.seq): r.kind for r in results}
+        for addr in (lab.dst.v4, lab.dst.v6):
+            for seq in (0, 1):
+                assert kinds[(str(addr), 8443, seq)] == "open"
+                assert kinds[(str(addr), 8444, seq)] == "closed"
+        for s in listeners:
+            with pytest.raises(BlockingIOError):
+                s.accept()
+    finally:
+        for s in listeners:
+            s.close()

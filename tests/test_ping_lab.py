@@ -174,3 +174,44 @@ async def test_binding_an_address_the_host_lacks_is_a_clear_error(lab: Lab) -> N
     with lab.enter("src"), pytest.raises(OSError, match=r"cannot bind to 198\.18\.6\.2"):
         async with Pinger(Bind(v4="198.18.6.2")):
             pass
+
+
+async def test_sweep_many_targets_from_one_sender(lab: Lab) -> None:
+    targets = lab.topology.all_addresses()
+    with lab.enter("src"):
+        async with Pinger() as pinger:
+            results = [r async for r in pinger.sweep(targets, count=3, interval=0.05)]
+            tasks = len(pinger.engine.nursery.child_tasks)
+            assert pinger.engine.table == {}
+    assert tasks <= 3  # one sweep is one sender task, whatever the number of targets
+    got: dict[object, list[int]] = {}
+    for r in results:
+        assert r.kind == "reply" and r.responder == r.addr
+        got.setdefault(r.addr, []).append(r.seq)
+    assert set(got) == set(targets)
+    assert all(sorted(seqs) == [1, 2, 3] for seqs in got.values())
+
+
+async def test_sweep_rate_paces_requests(lab: Lab) -> None:
+    """20 requests at 100 per second cannot all leave in less than ~0.19 s."""
+    targets = [lab.dst.v4, lab.dst.v6, lab.r1.v4, lab.r1.v6] * 5
+    with lab.enter("src"):
+        async with Pinger() as pinger:
+            start = trio.current_time()
+            results = [r async for r in pinger.sweep(targets, rate=100)]
+            elapsed = trio.current_time() - start
+    assert len(results) == 20 and all(r.kind == "reply" for r in results)
+    assert elapsed >= 0.18
+
+
+async def test_sweep_rejects_bad_input_before_sending(lab: Lab) -> None:
+    with lab.enter("src"):
+        async with Pinger() as pinger:
+            with pytest.raises(ValueError, match="at least one target"):
+                [r async for r in pinger.sweep([])]
+            with pytest.raises(ValueError, match="rate"):
+                [r async for r in pinger.sweep([lab.dst.v4], rate=0)]
+            with pytest.raises(ValueError, match="not-an-address"):
+                [r async for r in pinger.sweep([lab.dst.v4, "not-an-address.invalid"])]
+            # Nothing was registered, so nothing can have been sent or matched.
+            assert pinger.engine.stats.matched == 0 and pinger.engine.table == {}
