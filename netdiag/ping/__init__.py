@@ -92,6 +92,8 @@ class Ping:
             check_int("ttl", self.ttl, 1, 255)
         if self.tos is not None:
             check_int("tos", self.tos, 0, 255)
+        if self.df is not None and not isinstance(self.df, bool):
+            raise TypeError(f"df must be None, True or False, not {self.df!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -417,6 +419,7 @@ class Pinger:
         self.privileged = privileged
         #: "raw" or "datagram" once entered: which kind of socket carries the pings.
         self.mode: str | None = None
+        check_int("rcvbuf", rcvbuf, 1024, 1 << 30)  # bytes; the kernel doubles it
         self.rcvbuf = rcvbuf
         self._engine = Engine()
         self._families: PerFamily[_Family] = PerFamily("Pinger")

@@ -634,6 +634,7 @@ class Tracer:
         if bind is not None and not isinstance(bind, Bind):
             raise TypeError(f"bind must be a netdiag.Bind, not {bind!r}")
         self.bind = bind or Bind()
+        check_int("rcvbuf", rcvbuf, 1024, 1 << 30)  # bytes; the kernel doubles it
         self.rcvbuf = rcvbuf
         self._engine = Engine()
         self._families: PerFamily[_Family] = PerFamily("Tracer")
