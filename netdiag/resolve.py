@@ -10,7 +10,7 @@ import trio
 from .errors import ResolveError
 from .sock import IPAddress
 
-__all__ = ["resolve", "reverse"]
+__all__ = ["literal", "resolve", "reverse"]
 
 
 async def resolve(host: str | IPAddress, version: int | None = None) -> IPAddress:
@@ -28,7 +28,7 @@ async def resolve(host: str | IPAddress, version: int | None = None) -> IPAddres
         if not isinstance(host, str) or not host:
             raise ResolveError(f"not a host name or address: {host!r}")
         try:
-            addr = _literal(host)
+            addr = literal(host)
         except ValueError:
             family = {None: socket.AF_UNSPEC, 4: socket.AF_INET, 6: socket.AF_INET6}[version]
             try:
@@ -44,7 +44,7 @@ async def resolve(host: str | IPAddress, version: int | None = None) -> IPAddres
     return addr
 
 
-def _literal(host: str) -> IPAddress:
+def literal(host: str) -> IPAddress:
     """An address literal, parsed by the C library first: ``ipaddress`` alone costs several
     microseconds per address, which a 100,000-target sweep notices."""
     text = host.strip("[]")

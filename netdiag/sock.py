@@ -395,6 +395,7 @@ class RawSocket:
                 except (ValueError, struct.error, OSError):
                     continue
         err: OSError | None = None
+        raw4 = not v6 and self.kind == socket.SOCK_RAW
         for _ in range(limit):
             try:
                 n, anc, flags, addr = recv([buf], _ANC_BUF)
@@ -406,7 +407,7 @@ class RawSocket:
                 err = e
                 break
             try:
-                out.append(_make_packet(bytes(buf[:n]), anc, flags, addr, v6))
+                out.append(_make_packet(bytes(buf[:n]), anc, flags, addr, v6, raw4))
             except (ValueError, struct.error, OSError):
                 continue
         if out and out[-1].drops != self.drops:  # cumulative: the newest packet knows best
@@ -428,7 +429,12 @@ class RawSocket:
 
 
 def _make_packet(
-    data: bytes, anc: list[tuple[int, int, bytes]], flags: int, addr: tuple, v6: bool
+    data: bytes,
+    anc: list[tuple[int, int, bytes]],
+    flags: int,
+    addr: tuple,
+    v6: bool,
+    raw4: bool = False,
 ) -> Packet:
     stamp = 0
     ttl: int | None = None
@@ -468,19 +474,14 @@ def _make_packet(
     host = addr[0]
     if v6:
         src = socket.inet_pton(_AF_INET6, host.split("%", 1)[0] if "%" in host else host)
+    elif raw4 and err is None and len(data) >= 20 and data[0] == 0x45:
+        # A raw IPv4 socket hands us the IP header: its source field is the sender, already
+        # packed (what inet_pton of the address string would give, minus a microsecond).
+        src = data[12:16]
     else:
         src = socket.inet_pton(_AF_INET, host)
     return Packet(
-        data=data,
-        src=src,
-        dst=dst,
-        ttl=ttl,
-        stamp_ns=stamp,
-        kernel_stamp=kernel,
-        port=addr[1],
-        truncated=bool(flags & _MSG_TRUNC),
-        err=err,
-        drops=drops,
+        data, src, dst, ttl, stamp, kernel, addr[1], bool(flags & _MSG_TRUNC), err, drops
     )
 
 

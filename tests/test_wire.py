@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from netdiag.wire.checksum import checksum, ones_sum, update16
 from netdiag.wire.icmp import (
     Echo,
+    EchoBuilder,
     ErrorKind,
     IcmpError,
     OtherIcmp,
@@ -291,3 +292,17 @@ def test_echo_reply_fast_path_agrees_with_general_parser(
         return
     assert not isinstance(parsed, Unparsable)
     assert fast == ((LO, ident, seq), parsed[1])
+
+
+@given(
+    st.integers(0, 0xFFFF),
+    st.integers(0, 0xFFFF),
+    st.integers(0, 2**64 - 1),
+    st.integers(8, 300),
+    st.booleans(),
+)
+def test_echo_builder_gives_build_echo_bytes(
+    ident: int, seq: int, token: int, size: int, v6: bool
+) -> None:
+    fast = EchoBuilder(size, v6).build(ident, seq, token)
+    assert fast == build_echo(ident, seq, echo_payload(token.to_bytes(8, "big"), size), v6)

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from ..engine import Engine, Lease, Pacer, Session, stream
 from ..errors import KeyInUseError, NetdiagError, PrivilegeError
-from ..resolve import resolve
+from ..resolve import literal, resolve
 from ..sock import (
     DEFAULT_RCVBUF,
     IP_PMTUDISC_DO,
@@ -37,7 +37,9 @@ from ..validate import check_float, check_int
 from ..wire.icmp import (
     ECHO_REPLY4,
     ECHO_REPLY6,
+    TOKEN_LEN,
     Echo,
+    EchoBuilder,
     ErrorKind,
     IcmpError,
     build_echo,
@@ -54,7 +56,6 @@ __all__ = ["Ping", "PingError", "PingResult", "PingStats", "Pinger"]
 _TYPES4 = (ECHO_REPLY4, 3, 4, 5, 11, 12)
 _TYPES6 = (1, 2, 3, 4, ECHO_REPLY6)
 MAX_SIZE = 65507  # largest ICMPv4 echo payload in one IPv4 datagram (65535 - 20 - 8)
-TOKEN_LEN = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,7 +244,10 @@ class _Target:
     def __init__(self, addr: IPAddress, fam: _Family, sock: RawSocket, anc: list, ident: int):
         self.addr = addr
         self.packed = addr.packed
-        self.dst = str(addr)
+        # inet_ntop: str() of an ipaddress object costs a few microseconds per target.
+        self.dst = socket.inet_ntop(
+            socket.AF_INET6 if addr.version == 6 else socket.AF_INET, addr.packed
+        )
         self.fam = fam
         self.sock = sock
         self.anc = anc
@@ -278,6 +282,9 @@ class _Session(Session):
         self.targets: list[_Target] = []
         self.leases: deque[Lease] = deque()
         self._anc: dict[RawSocket, list] = {}
+        # One identifier for the whole session where it is free for each target (the demux
+        # key holds the target anyway); a target another running ping uses it for gets its own.
+        self._ident: int | None = None
 
     def add_target(self, addr: IPAddress) -> None:
         pinger, ping = self.pinger, self.ping
@@ -287,7 +294,12 @@ class _Session(Session):
         if anc is None:
             anc = sock.ancillary(ttl=ping.ttl, tos=ping.tos, dontfrag=ping.df if fam.v6 else None)
             self._anc[sock] = anc
-        ident = fam.idents[sock] if fam.dgram else pinger._allocate_ident(addr.packed)
+        if fam.dgram:
+            ident = fam.idents[sock]
+        elif self._ident is not None and pinger._claim_ident(addr.packed, self._ident):
+            ident = self._ident
+        else:
+            ident = self._ident = pinger._allocate_ident(addr.packed)
         self.targets.append(_Target(addr, fam, sock, anc, ident))
 
     # -- engine sink -----------------------------------------------------------------------
@@ -324,6 +336,7 @@ class _Session(Session):
         register = engine.register
         fill = echo_payload(b"\x00" * TOKEN_LEN, ping.size)
         tlen = min(TOKEN_LEN, ping.size)
+        fast = {v6: EchoBuilder(ping.size, v6) for v6 in (False, True)} if tlen == 8 else None
         expiry = ping.expiry
         grace = 2 * expiry
         getrandbits = random.getrandbits
@@ -336,7 +349,8 @@ class _Session(Session):
             for target in self.targets:
                 await pacer.probe()
                 now = pacer.now
-                token = getrandbits(64).to_bytes(8, "big")[:tlen]
+                tok = getrandbits(64)
+                token = tok.to_bytes(8, "big")[:tlen]
                 probe = _Probe(target, seq, token, now + expiry)
                 fam = target.fam
                 if fam.dgram:
@@ -356,7 +370,10 @@ class _Session(Session):
                     continue
                 leases.append(lease)
                 self.outstanding += 1
-                data = build_echo(target.ident, wire_seq, token + fill[tlen:], fam.v6)
+                if fast is not None:
+                    data = fast[fam.v6].build(target.ident, wire_seq, tok)
+                else:
+                    data = build_echo(target.ident, wire_seq, token + fill[tlen:], fam.v6)
                 try:
                     try:
                         probe.sent_ns = target.sock.send_nowait(data, target.dst, target.anc)
@@ -541,6 +558,12 @@ class Pinger:
                 return ident
         raise NetdiagError("more than 65536 concurrent pings to one target")
 
+    def _claim_ident(self, packed: bytes, ident: int) -> bool:
+        if (packed, ident) in self._idents:
+            return False
+        self._idents[(packed, ident)] = 1
+        return True
+
     def _release_ident(self, packed: bytes, ident: int) -> None:
         self._idents.pop((packed, ident), None)
 
@@ -580,7 +603,16 @@ class Pinger:
         """
         if rate is not None:
             check_float("rate", rate, 0.0, 1e7, open_low=True)
-        addrs = [await resolve(t) for t in targets]
+        addrs = []
+        for t in targets:
+            try:  # literal addresses without a trip through the resolver's coroutine
+                addrs.append(
+                    t
+                    if isinstance(t, ipaddress.IPv4Address | ipaddress.IPv6Address)
+                    else literal(t)
+                )
+            except (ValueError, TypeError):
+                addrs.append(await resolve(t))
         if not addrs:
             raise ValueError("sweep needs at least one target")
         ping = Ping(addrs[0], count, interval, expiry, size, ttl, tos, df)

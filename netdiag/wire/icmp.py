@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import dpkt
 
-from .checksum import checksum
+from .checksum import checksum, ones_sum
 from .ip import IPHeader, parse_ip, parse_ipv4
 
 __all__ = [
@@ -26,7 +26,9 @@ __all__ = [
     "ECHO_REPLY6",
     "ECHO_REQUEST4",
     "ECHO_REQUEST6",
+    "TOKEN_LEN",
     "Echo",
+    "EchoBuilder",
     "EchoKey",
     "ErrorKind",
     "IcmpError",
@@ -48,6 +50,8 @@ __all__ = [
 
 ECHO_REQUEST4, ECHO_REPLY4 = 8, 0
 ECHO_REQUEST6, ECHO_REPLY6 = 128, 129
+#: Bytes of per-probe random token at the start of our echo payloads.
+TOKEN_LEN = 8
 
 _HDR = struct.Struct("!BBHHH")
 _ECHO_FIELDS = struct.Struct("!HHH")
@@ -394,3 +398,40 @@ def error_text(e: IcmpError) -> str:
     if e.kind is ErrorKind.UNREACHABLE and e.unreach is not None:
         return f"Destination unreachable ({e.unreach.label})"
     return _ERROR_TEXT.get(e.kind, e.kind.value)
+
+
+class EchoBuilder:
+    """Echo requests of one payload shape (an 8-byte token, then iputils' fill), built fast.
+
+    The fill never changes, so its one's-complement sum is computed once; each request then
+    only adds its identifier, sequence and token words to it (RFC 1624 style), instead of
+    summing the whole packet again. Gives exactly :func:`build_echo`'s bytes (tested).
+    """
+
+    __slots__ = ("_base4", "_fill", "v6")
+
+    def __init__(self, size: int, v6: bool = False) -> None:
+        if size < TOKEN_LEN:
+            raise ValueError(f"EchoBuilder needs room for the {TOKEN_LEN}-byte token, got {size}")
+        self.v6 = v6
+        self._fill = echo_payload(b"\x00" * TOKEN_LEN, size)[TOKEN_LEN:]
+        # Type/code word of a v4 echo request plus the fill, which starts word-aligned.
+        self._base4 = (ECHO_REQUEST4 << 8) + ones_sum(self._fill)
+
+    def build(self, ident: int, seq: int, token: int) -> bytes:
+        """The request carrying ``token`` (a 64-bit int) as its first 8 payload bytes."""
+        tok = token.to_bytes(TOKEN_LEN, "big")
+        if self.v6:
+            return _HDR.pack(ECHO_REQUEST6, 0, 0, ident, seq) + tok + self._fill
+        total = (
+            self._base4
+            + ident
+            + seq
+            + (token >> 48)
+            + ((token >> 32) & 0xFFFF)
+            + ((token >> 16) & 0xFFFF)
+            + (token & 0xFFFF)
+        )
+        total = (total & 0xFFFF) + (total >> 16)
+        total = (total & 0xFFFF) + (total >> 16)
+        return _HDR.pack(ECHO_REQUEST4, 0, ~total & 0xFFFF, ident, seq) + tok + self._fill
