@@ -10,7 +10,7 @@ Modes:
 * ``sweep``  -- ``Pinger.sweep(targets, count=, interval=, expiry=, rate=)``: the mass-ping path;
 * ``ping``   -- ``Pinger.results(Ping(addr, count, interval))``: the plain single-target path
   (RTT accuracy against iputils);
-* ``knock``  -- one ``Knocker.results(Knock(addr, port, count=1))`` task per (host, port).
+* ``knock``  -- ``Knocker.sweep(pairs, count=1)``: one sender task for every (host, port).
 
 It prints one JSON object on stdout: counts, the library wall time (first send to last result;
 interpreter start-up, imports and opening sockets are excluded: the parent measures the whole
@@ -169,7 +169,7 @@ async def run_ping_like(args: argparse.Namespace) -> dict:
 
 
 async def run_knock(args: argparse.Namespace) -> dict:
-    from netdiag import Knock, Knocker
+    from netdiag import Knocker
 
     hosts = _read_targets(args.targets)
     ports = [int(p) for p in args.ports.split(",")]
@@ -185,28 +185,23 @@ async def run_knock(args: argparse.Namespace) -> dict:
     async with Knocker() as knocker:
         rss_before = _status_kb("VmRSS")
 
-        async def one(addr, port) -> None:  # type: ignore[no-untyped-def]
-            nonlocal dups, late, done
-            async for r in knocker.results(Knock(addr, port, count=1, expiry=args.expiry)):
-                if r.duplicate:
-                    dups += 1
-                elif r.late:
-                    late += 1
-                else:
-                    counts[r.kind] += 1
-                    if r.rtt is not None and r.kind in ("open", "closed"):
-                        rtts.append(r.rtt)
-                    done += 1
-                    progress.tick(done)
-
         prof = cProfile.Profile() if args.profile else None
         if prof is not None:
             prof.enable()
         cpu0 = time.process_time()
         t0 = time.perf_counter()
-        async with trio.open_nursery() as nursery:
-            for h, p in pairs:
-                nursery.start_soon(one, h, p)
+        # The batch API: one sender task for every (host, port), as Pinger.sweep for pings.
+        async for r in knocker.sweep(pairs, count=1, expiry=args.expiry):
+            if r.duplicate:
+                dups += 1
+            elif r.late:
+                late += 1
+            else:
+                counts[r.kind] += 1
+                if r.rtt is not None and r.kind in ("open", "closed"):
+                    rtts.append(r.rtt)
+                done += 1
+                progress.tick(done)
         wall = time.perf_counter() - t0
         cpu = time.process_time() - cpu0
         if prof is not None:
