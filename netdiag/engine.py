@@ -29,14 +29,24 @@ import math
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Hashable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 import trio
 
 from .errors import KeyInUseError
-from .sock import Packet, RawSocket
+from .sock import Bind, Packet, PerFamily, RawSocket
+from .validate import check_int
 
-__all__ = ["Engine", "EngineStats", "Lease", "Pacer", "Session", "Sink", "stream"]
+__all__ = [
+    "Diagnostic",
+    "Engine",
+    "EngineStats",
+    "Lease",
+    "Pacer",
+    "Session",
+    "Sink",
+    "stream",
+]
 
 log = logging.getLogger("netdiag.engine")
 
@@ -445,3 +455,55 @@ class Pacer:
         """The sender blocked elsewhere (a full socket buffer): refresh the clock."""
         self.now = trio.current_time()
         self._unyielded = 0
+
+
+class Diagnostic:
+    """What :class:`~netdiag.Pinger`, :class:`~netdiag.Tracer` and :class:`~netdiag.Knocker`
+    share: a :class:`~netdiag.Bind`, a receive-buffer size, an :class:`Engine`, the sockets
+    opened per family, and the ``async with`` lifecycle around them.
+
+    Entering starts the engine (receive loops, expiry) and calls ``_open``, which opens each
+    family's sockets through ``self._families`` and hands them to the engine; leaving cancels
+    every call still running, closes the sockets (the engine's), then calls ``_close_family``
+    for what else a family holds.
+    """
+
+    def __init__(self, bind: Bind | None, rcvbuf: int) -> None:
+        if bind is not None and not isinstance(bind, Bind):
+            raise TypeError(f"bind must be a netdiag.Bind, not {bind!r}")
+        check_int("rcvbuf", rcvbuf, 1024, 1 << 30)  # bytes; the kernel doubles it
+        self.bind = bind or Bind()
+        self.rcvbuf = rcvbuf
+        self._engine = Engine()
+        self._families: PerFamily[Any] = PerFamily(type(self).__name__)
+
+    def _open(self) -> None:
+        raise NotImplementedError
+
+    def _close_family(self, fam: Any) -> None:
+        """Release what a family holds besides the sockets the engine closes."""
+
+    def _family(self, v6: bool) -> Any:
+        return self._families.get(v6)
+
+    @property
+    def engine(self) -> Engine:
+        """The engine (demux table, counters) behind this object, for introspection."""
+        return self._engine
+
+    async def __aenter__(self) -> Self:
+        await self._engine.__aenter__()
+        try:
+            self._open()
+        except BaseException:
+            await self._engine.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(self, *exc: Any) -> bool | None:
+        try:
+            return await self._engine.__aexit__(*exc)
+        finally:
+            for _, fam in self._families.items():
+                self._close_family(fam)
+            self._families.clear()

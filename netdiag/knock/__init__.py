@@ -37,7 +37,7 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..engine import Engine, Lease, Pacer, Session, stream
+from ..engine import Diagnostic, Lease, Pacer, Session, stream
 from ..errors import KeyInUseError
 from ..resolve import resolve
 from ..sock import (
@@ -45,7 +45,6 @@ from ..sock import (
     Bind,
     IPAddress,
     Packet,
-    PerFamily,
     RawSocket,
     RouteFinder,
     reserve_tcp_port,
@@ -457,7 +456,7 @@ def _knock_error(e: IcmpError) -> KnockError:
     return KnockError(e.kind, e.type, e.code, error_text(e), e.unreach)
 
 
-class Knocker:
+class Knocker(Diagnostic):
     """Knock on many (host, port) pairs concurrently over one raw TCP socket per family.
 
     Each family also gets a raw ICMP socket to hear errors quoting our SYNs. Use it as an async
@@ -468,13 +467,7 @@ class Knocker:
     """
 
     def __init__(self, bind: Bind | None = None, *, rcvbuf: int = DEFAULT_RCVBUF) -> None:
-        if bind is not None and not isinstance(bind, Bind):
-            raise TypeError(f"bind must be a netdiag.Bind, not {bind!r}")
-        self.bind = bind or Bind()
-        check_int("rcvbuf", rcvbuf, 1024, 1 << 30)  # bytes; the kernel doubles it
-        self.rcvbuf = rcvbuf
-        self._engine = Engine()
-        self._families: PerFamily[_Family] = PerFamily("Knocker")
+        super().__init__(bind, rcvbuf)
         self._ts_offset = random.getrandbits(32)
         self._netns: tuple[int, int] | None = None
         #: Answers on a probe's ports that did not acknowledge its SYN (stale or foreign).
@@ -484,21 +477,10 @@ class Knocker:
 
     async def __aenter__(self) -> Knocker:
         self._netns = _netns()
-        await self._engine.__aenter__()
-        try:
-            self._open()
-        except BaseException:
-            await self._engine.__aexit__(None, None, None)
-            raise
-        return self
+        return await super().__aenter__()
 
-    async def __aexit__(self, *exc: Any) -> bool | None:
-        try:
-            return await self._engine.__aexit__(*exc)
-        finally:
-            for _, fam in self._families.items():
-                fam.route.close()
-            self._families.clear()
+    def _close_family(self, fam: _Family) -> None:
+        fam.route.close()
 
     def _open(self) -> None:
         def open_family(v6: bool) -> _Family:
@@ -530,9 +512,6 @@ class Knocker:
         # Raw sockets already handed to the engine are closed by it; the finder is ours.
         self._families.open(open_family, lambda fam: fam.route.close())
 
-    def _family(self, v6: bool) -> _Family:
-        return self._families.get(v6)
-
     def _source(self, target: IPAddress) -> IPAddress:
         """Our address towards ``target``: the bound one, or what the kernel's route picks."""
         bound = self.bind.for_family(target.version == 6)
@@ -540,11 +519,6 @@ class Knocker:
             return bound
         packed = self._family(target.version == 6).route.source(target)
         return ipaddress.ip_address(packed)
-
-    @property
-    def engine(self) -> Engine:
-        """The engine (demux table, counters) behind this Knocker, for introspection."""
-        return self._engine
 
     def reserved_ports(self) -> set[tuple[int, int]]:
         """``(IP version, port)`` of every source port a live probe holds right now."""

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..engine import Engine, Lease, Pacer, Session, stream
+from ..engine import Diagnostic, Lease, Pacer, Session, stream
 from ..errors import KeyInUseError, NetdiagError, PrivilegeError
 from ..resolve import literal, resolve
 from ..sock import (
@@ -29,7 +29,6 @@ from ..sock import (
     Bind,
     IPAddress,
     Packet,
-    PerFamily,
     RawSocket,
 )
 from ..stats import RttStats
@@ -411,7 +410,7 @@ def _ping_error(e: IcmpError) -> PingError:
     return PingError(e.kind, e.type, e.code, text, mtu)
 
 
-class Pinger:
+class Pinger(Diagnostic):
     """Ping many targets concurrently over one raw ICMP socket per family.
 
     Use it as an async context manager: entering opens the sockets and starts the receive
@@ -428,33 +427,17 @@ class Pinger:
         privileged: bool | None = None,
         rcvbuf: int = DEFAULT_RCVBUF,
     ) -> None:
-        if bind is not None and not isinstance(bind, Bind):
-            raise TypeError(f"bind must be a netdiag.Bind, not {bind!r}")
         if privileged not in (None, True, False):
             raise TypeError(f"privileged must be None, True or False, not {privileged!r}")
-        self.bind = bind or Bind()
+        super().__init__(bind, rcvbuf)
         self.privileged = privileged
         #: "raw" or "datagram" once entered: which kind of socket carries the pings.
         self.mode: str | None = None
-        check_int("rcvbuf", rcvbuf, 1024, 1 << 30)  # bytes; the kernel doubles it
-        self.rcvbuf = rcvbuf
-        self._engine = Engine()
-        self._families: PerFamily[_Family] = PerFamily("Pinger")
         self._idents: dict[tuple[bytes, int], int] = {}
         self._next_ident = random.randrange(0x10000)
+        #: replies whose identifier and sequence matched but whose token did not (another
+        #: process's pings, or forgeries): never credited
         self.foreign = 0
-
-    async def __aenter__(self) -> Pinger:
-        await self._engine.__aenter__()
-        try:
-            self._open()
-        except BaseException:
-            await self._engine.__aexit__(None, None, None)
-            raise
-        return self
-
-    async def __aexit__(self, *exc: Any) -> bool | None:
-        return await self._engine.__aexit__(*exc)
 
     def _open(self) -> None:
         """Open raw sockets, or ICMP datagram sockets when raw ones are refused (or asked
@@ -515,9 +498,6 @@ class Pinger:
             sock.sock.bind(("::" if v6 else "0.0.0.0", 0))
         return sock
 
-    def _family(self, v6: bool) -> _Family:
-        return self._families.get(v6)
-
     def _df_socket(self, fam: _Family, df: bool) -> RawSocket:
         """IPv4 has no per-packet DF control, so DF-forced and DF-cleared probes go out through
         a sibling socket with that IP_MTU_DISCOVER mode (IPv6 uses a cmsg). A raw sibling only
@@ -566,11 +546,6 @@ class Pinger:
 
     def _release_ident(self, packed: bytes, ident: int) -> None:
         self._idents.pop((packed, ident), None)
-
-    @property
-    def engine(self) -> Engine:
-        """The engine (demux table, counters) behind this Pinger, for introspection."""
-        return self._engine
 
     async def results(self, ping: Ping) -> AsyncIterator[PingResult]:
         """Ping and yield every outcome as it happens: replies (in arrival order), timeouts,
