@@ -30,9 +30,12 @@ __all__ = [
     "EXIT_OK",
     "EXIT_USAGE",
     "Parser",
+    "add_family",
+    "add_schedule",
     "bind_for",
     "drop_privileges",
     "fail",
+    "family_of",
     "fmt_ms",
     "int_range",
     "main",
@@ -123,6 +126,29 @@ def seconds(lo: float, hi: float, name: str, allow_zero: bool = True) -> Callabl
         return value
 
     return parse
+
+
+def add_schedule(p: argparse.ArgumentParser, noun: str, wait: str) -> None:
+    """``-c count -i interval -W timeout``, the schedule ping and knock share (iputils' flags
+    and defaults: 4 probes, 1 s apart); ``wait`` says what waiting for an answer means."""
+    p.add_argument("-c", dest="count", type=int_range(1, 10**9, "count"), default=4,
+                   help=f"stop after COUNT {noun} (default 4)")  # fmt: skip
+    p.add_argument("-i", dest="interval", type=seconds(0, 3600, "interval"), default=1.0,
+                   help=f"seconds between {noun} (default 1)")  # fmt: skip
+    p.add_argument("-W", dest="timeout", type=seconds(0, 3600, "timeout", allow_zero=False),
+                   default=2.0, help=f"seconds to wait {wait} (default 2)")  # fmt: skip
+
+
+def add_family(p: argparse.ArgumentParser) -> None:
+    """``-4`` / ``-6``: resolve names to one family only (they exclude each other)."""
+    fam = p.add_mutually_exclusive_group()
+    fam.add_argument("-4", dest="v4", action="store_true", help="use IPv4 only")
+    fam.add_argument("-6", dest="v6", action="store_true", help="use IPv6 only")
+
+
+def family_of(args: argparse.Namespace) -> int | None:
+    """The IP version ``-4``/``-6`` asked for, or ``None``."""
+    return 4 if args.v4 else 6 if args.v6 else None
 
 
 def bind_for(source: str | None) -> Bind | None:

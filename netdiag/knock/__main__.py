@@ -33,31 +33,9 @@ def parser() -> cli.Parser:
     p.add_argument(
         "target", nargs="+", metavar="host:port", help="host:port, [v6addr]:port, or host port"
     )
-    p.add_argument(
-        "-c",
-        dest="count",
-        type=cli.int_range(1, 10**9, "count"),
-        default=4,
-        help="stop after COUNT probes (default 4)",
-    )
-    p.add_argument(
-        "-i",
-        dest="interval",
-        type=cli.seconds(0, 3600, "interval"),
-        default=1.0,
-        help="seconds between probes (default 1)",
-    )
-    p.add_argument(
-        "-W",
-        dest="timeout",
-        type=cli.seconds(0, 3600, "timeout", allow_zero=False),
-        default=2.0,
-        help="seconds to wait for each answer before calling it filtered (default 2)",
-    )
+    cli.add_schedule(p, "probes", "for each answer before calling it filtered")
     p.add_argument("-I", dest="source", help="source address or interface name")
-    fam = p.add_mutually_exclusive_group()
-    fam.add_argument("-4", dest="v4", action="store_true", help="use IPv4 only")
-    fam.add_argument("-6", dest="v6", action="store_true", help="use IPv6 only")
+    cli.add_family(p)
     out = p.add_mutually_exclusive_group()
     out.add_argument("-q", dest="quiet", action="store_true", help="print only the summary")
     out.add_argument("--json", action="store_true", help="print one JSON document")
@@ -136,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         host, port = parse_target(args.target)
     except ValueError as e:
         cli.fail(PROG, str(e))
-    version = 4 if args.v4 else 6 if args.v6 else None
+    version = cli.family_of(args)
     bind = cli.bind_for(args.source)
     text = not args.json
 

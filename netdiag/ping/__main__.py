@@ -40,27 +40,7 @@ def parser() -> cli.Parser:
         metavar="PPS",
         help="mass ping: at most PPS requests per second (default: as fast as possible)",
     )
-    p.add_argument(
-        "-c",
-        dest="count",
-        type=cli.int_range(1, 10**9, "count"),
-        default=4,
-        help="stop after COUNT requests (default 4)",
-    )
-    p.add_argument(
-        "-i",
-        dest="interval",
-        type=cli.seconds(0, 3600, "interval"),
-        default=1.0,
-        help="seconds between requests (default 1)",
-    )
-    p.add_argument(
-        "-W",
-        dest="timeout",
-        type=cli.seconds(0, 3600, "timeout", allow_zero=False),
-        default=2.0,
-        help="seconds to wait for each reply (default 2)",
-    )
+    cli.add_schedule(p, "requests", "for each reply")
     p.add_argument(
         "-s",
         dest="size",
@@ -94,9 +74,7 @@ def parser() -> cli.Parser:
         action="store_true",
         help="use raw sockets only (default: raw if permitted, else datagram)",
     )
-    fam = p.add_mutually_exclusive_group()
-    fam.add_argument("-4", dest="v4", action="store_true", help="use IPv4 only")
-    fam.add_argument("-6", dest="v6", action="store_true", help="use IPv6 only")
+    cli.add_family(p)
     out = p.add_mutually_exclusive_group()
     out.add_argument("-q", dest="quiet", action="store_true", help="print only the summary")
     out.add_argument("--json", action="store_true", help="print one JSON document")
@@ -267,7 +245,7 @@ def _mass(args: argparse.Namespace, hosts: list[str], version: int | None, df: b
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
-    version = 4 if args.v4 else 6 if args.v6 else None
+    version = cli.family_of(args)
     bind = cli.bind_for(args.source)
     df = {"do": True, "dont": False, "want": None}[args.pmtu]
     text = not (args.json or args.csv)
