@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any, Self
 
-__all__ = ["RttStats"]
+__all__ = ["ProbeStats", "RttStats"]
 
 
 @dataclass(slots=True)
@@ -88,3 +90,38 @@ class RttStats:
             "p99": self.p99,
             "jitter": self.jitter,
         }
+
+
+@dataclass(slots=True)
+class ProbeStats:
+    """Counters every diagnostic's summary shares, and the rules for them: a duplicate or a
+    late answer is counted as such and nothing else; a probe the kernel refused to send
+    (``error.local``) is not counted as sent. Subclasses count outcomes in ``_count``."""
+
+    sent: int = 0
+    duplicates: int = 0
+    late: int = 0
+    rtt: RttStats = field(default_factory=RttStats)
+
+    def add(self, r: Any) -> None:
+        """Account for one result, as a diagnostic's ``results()`` yields it."""
+        if r.duplicate:
+            self.duplicates += 1
+            return
+        if r.late:
+            self.late += 1
+            return
+        local = r.error is not None and r.error.local
+        if not local:
+            self.sent += 1
+        self._count(r, local)
+
+    def _count(self, r: Any, local: bool) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def of(cls, results: Iterable[Any]) -> Self:
+        s = cls()
+        for r in results:
+            s.add(r)
+        return s

@@ -34,7 +34,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..engine import Diagnostic, Lease, Pacer, Session, stream
@@ -49,7 +49,7 @@ from ..sock import (
     RouteFinder,
     reserve_tcp_port,
 )
-from ..stats import RttStats
+from ..stats import ProbeStats
 from ..validate import check_float, check_int
 from ..wire.icmp import ErrorKind, IcmpError, Unreach, error_text
 from ..wire.knock import QuotedSyn, answers, classify_icmp, classify_tcp
@@ -192,7 +192,7 @@ _FLAG_LETTERS = ((1, "F"), (2, "S"), (4, "R"), (8, "P"), (16, "A"))
 
 
 @dataclass(slots=True)
-class KnockStats:
+class KnockStats(ProbeStats):
     """The summary of one knock: Pinger's statistics plus the outcome counts.
 
     ``sent`` counts SYNs that left; ``open``, ``closed``, ``filtered`` and ``errors`` (ICMP
@@ -200,26 +200,14 @@ class KnockStats:
     answered probe (SYN-ACK, RST or ICMP error), as hping3's summary does.
     """
 
-    sent: int = 0
     open: int = 0
     closed: int = 0
     filtered: int = 0
     errors: int = 0
-    duplicates: int = 0
-    late: int = 0
-    rtt: RttStats = field(default_factory=RttStats)
 
-    def add(self, r: KnockResult) -> None:
-        """Account for one result, as yielded by :meth:`Knocker.results`."""
-        if r.duplicate:
-            self.duplicates += 1
+    def _count(self, r: KnockResult, local: bool) -> None:
+        if local:
             return
-        if r.late:
-            self.late += 1
-            return
-        if r.error is not None and r.error.local:
-            return
-        self.sent += 1
         if r.kind == "open":
             self.open += 1
         elif r.kind == "closed":
@@ -230,13 +218,6 @@ class KnockStats:
             self.errors += 1
         if r.rtt is not None:
             self.rtt.add(r.rtt)
-
-    @classmethod
-    def of(cls, results: list[KnockResult]) -> KnockStats:
-        s = cls()
-        for r in results:
-            s.add(r)
-        return s
 
     @property
     def received(self) -> int:

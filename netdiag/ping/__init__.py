@@ -16,7 +16,7 @@ import random
 import socket
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..engine import Diagnostic, Lease, Pacer, Session, stream
@@ -31,7 +31,7 @@ from ..sock import (
     Packet,
     RawSocket,
 )
-from ..stats import RttStats
+from ..stats import ProbeStats
 from ..validate import check_float, check_int
 from ..wire.icmp import (
     ECHO_REPLY4,
@@ -159,43 +159,24 @@ class PingResult:
 
 
 @dataclass(slots=True)
-class PingStats:
+class PingStats(ProbeStats):
     """The summary of one ping: what iputils prints, plus percentiles and jitter.
 
     ``received`` counts requests answered by a reply (not duplicates or late copies);
-    ``loss`` is ``1 - received / sent``.
+    ``errors`` the ICMP errors that came back instead, and requests the kernel refused to
+    send (those are not ``sent``); ``loss`` is ``1 - received / sent``.
     """
 
-    sent: int = 0
     received: int = 0
     errors: int = 0
-    duplicates: int = 0
-    late: int = 0
-    rtt: RttStats = field(default_factory=RttStats)
 
-    def add(self, r: PingResult) -> None:
-        """Account for one result, as yielded by :meth:`Pinger.results`."""
-        if r.duplicate:
-            self.duplicates += 1
-            return
-        if r.late:
-            self.late += 1
-            return
-        if r.error is None or not r.error.local:
-            self.sent += 1
+    def _count(self, r: PingResult, local: bool) -> None:
         if r.kind == "reply":
             self.received += 1
             if r.rtt is not None:
                 self.rtt.add(r.rtt)
         elif r.kind == "error":
             self.errors += 1
-
-    @classmethod
-    def of(cls, results: list[PingResult]) -> PingStats:
-        s = cls()
-        for r in results:
-            s.add(r)
-        return s
 
     @property
     def loss(self) -> float:
