@@ -34,7 +34,7 @@ import trio
 from lab import Lab
 
 from netdiag import Trace, Tracer
-from netdiag.trace import TraceResult
+from netdiag.trace import _REACH, TraceResult
 from netdiag.wire.checksum import checksum
 from netdiag.wire.trace import mda_probes
 
@@ -75,12 +75,16 @@ def check_diamond(lab: Lab, r: TraceResult, v: int) -> None:
     assert not any(h.last or h.reached for h in r.hops[:3])
     assert all(h.timeouts == 0 for h in r.hops)
     assert r.late == 0
-    for h in r.hops:  # the MDA stopping rule, per hop
-        n = len({p.flow for p in h.probes})
-        if len(h.addrs) == 1:
-            assert n == mda_probes(1)
-        else:
-            assert n >= mda_probes(len(h.addrs))
+    for h in r.hops[:3]:  # the MDA stopping rule, per hop, exactly
+        assert len({p.flow for p in h.probes}) == len(h.probes) == mda_probes(len(h.addrs))
+    # The destination's hop is settled by the scout's answer (no MDA there: every flow would
+    # reach the same host). Before the adaptive reach it got 6 flows, and this test said so.
+    assert len(r.hops[3].probes) == 1
+    # Probes: exactly the MDA's per hop, plus the scout's look-ahead beyond the destination
+    # (TTLs 5.._REACH, one probe each) -- nothing else is spent.
+    in_hops = sum(len(h.probes) for h in r.hops)
+    assert in_hops == sum(mda_probes(len(h.addrs)) for h in r.hops[:3]) + 1
+    assert in_hops <= r.sent <= in_hops + _REACH - 4
 
 
 @pytest.mark.parametrize("v", [4, 6])
@@ -105,6 +109,8 @@ async def test_diamond_udp_tcp(
         assert all(p.destination for p in r.hops[3].probes)
         seen |= r.hops[1].addrs
         if r.hops[1].addrs == middle:
+            # 6 + 11 + 11 + 1 = 29 at the hops, + 4 scout probes beyond dst (scamper: 24)
+            assert len(r.hops[2].addrs) == 2 and r.sent <= 33
             break
     assert seen == middle
 
@@ -116,6 +122,7 @@ async def test_diamond_icmp_one_branch(lab: Lab, v: int) -> None:
         check_diamond(lab, r, v)
         assert len(r.hops[1].addrs) == 1
         assert {p.kind for p in r.hops[3].probes} == {"echo-reply"}
+        assert r.sent <= 6 + 6 + 6 + 1 + 4
     # 12 flows with different identifiers and checksums, all on one branch: see module doc
     assert rs[0].hops[1].addrs == rs[1].hops[1].addrs
 

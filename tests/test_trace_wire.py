@@ -15,7 +15,7 @@ import ipaddress
 import itertools
 import random
 import struct
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 
 import pytest
@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from netdiag.errors import FamilyUnavailableError, NetdiagError
 from netdiag.sock import Packet
-from netdiag.trace import Trace, Tracer, _icmp_classifier
+from netdiag.trace import _REACH, Trace, Tracer, TraceResult, _icmp_classifier
 from netdiag.wire.checksum import checksum, pseudo_header_v6
 from netdiag.wire.icmp import Unreach
 from netdiag.wire.ip import build_ipv4_header, parse_ipv4
@@ -365,6 +365,9 @@ def test_mda_rejects_bad_confidence(bad: float) -> None:
         ({"flows": 100, "max_flows": 64}, ValueError),
         ({"confidence": 95}, ValueError),
         ({"window": 0}, ValueError),
+        ({"reach": 0}, ValueError),
+        ({"reach": 256}, ValueError),
+        ({"reach": 2.0}, TypeError),
         ({"max_ttl": 3.0}, TypeError),
         ({"dns": "yes"}, TypeError),
     ],
@@ -423,7 +426,10 @@ class SimFamily:
 
     v6 = False
 
-    def __init__(self, tracer: Tracer, delay: Delay, hash_: Callable[[int], int]) -> None:
+    def __init__(
+        self, tracer: Tracer, delay: Delay, hash_: Callable[[int], int], depth: int = 4
+    ) -> None:
+        self.depth = depth  # the destination's distance; routers beyond r3 are 198.18.100.ttl
         self.sock = FakeSock()
         self.tracer = tracer
         self.delay = delay
@@ -443,8 +449,12 @@ class SimFamily:
         wait = self.delay(ttl, sport, nth)
         if wait is not None:
             branch = self.hash(sport)
-            router = {1: R1, 2: (R2A, R2B)[branch], 3: (R3A, R3B)[branch]}.get(ttl, dst)
-            typ, code = (11, 0) if ttl < 4 else (3, 3)
+            router = {1: R1, 2: (R2A, R2B)[branch], 3: (R3A, R3B)[branch]}.get(
+                ttl, bytes([198, 18, 100, ttl])
+            )
+            if ttl >= self.depth:
+                router = dst
+            typ, code = (11, 0) if ttl < self.depth else (3, 3)
             quote = build_ipv4_header(src, dst, proto, len(data), ttl=1, ident=pid) + data
             reply = icmp4_error(router, typ, code, quote)
 
@@ -460,14 +470,17 @@ class SimFamily:
 
 
 class SimTracer(Tracer):
-    def __init__(self, delay: Delay, hash_: Callable[[int], int] = lambda p: p % 2) -> None:
+    def __init__(
+        self, delay: Delay, hash_: Callable[[int], int] = lambda p: p % 2, depth: int = 4
+    ) -> None:
         super().__init__()
         self._delay = delay
         self._hash = hash_
+        self._depth = depth
         self.fam: SimFamily | None = None
 
     def _open(self) -> None:
-        self.fam = SimFamily(self, self._delay, self._hash)
+        self.fam = SimFamily(self, self._delay, self._hash, self._depth)
 
         def opener(v6: bool) -> SimFamily:
             if v6:
@@ -501,8 +514,11 @@ def test_sim_mda_finds_both_branches_and_follows_the_rule() -> None:
     assert r.reached and r.hops[-1].last and not any(h.last for h in r.hops[:-1])
     assert r.late == 0
     flows_at = {h.ttl: len(h.probes) for h in r.hops}
-    assert flows_at[1] == MDA_95[0] and flows_at[4] == MDA_95[0]  # one next hop: 6 flows
+    assert flows_at[1] == MDA_95[0]  # one next hop: 6 flows
     assert flows_at[2] >= MDA_95[1] and flows_at[3] >= MDA_95[1]  # two: at least 11
+    # The destination's hop is settled by the answer already in (the scout's): no MDA there.
+    # (Before the adaptive reach this test expected 6 flows at the destination too.)
+    assert flows_at[4] == 1
     # Paris: each flow took one branch at every TTL -- its r2 and r3 agree
     for flow in range(flows_at[2]):
         at2 = {p.addr for p in r.hops[1].probes if p.flow == flow}
@@ -520,6 +536,95 @@ def test_sim_fixed_flows_mode() -> None:
 
     r = run_virtual(main)
     assert [len(h.probes) for h in r.hops] == [3, 3, 3, 3]  # type: ignore[attr-defined]
+    # N flows through every hop, the destination's too; beyond it only the scout's look-ahead
+    assert r.sent == 4 * 3 + _REACH - 4  # type: ignore[attr-defined]
+
+
+def sim_route(
+    trace: Trace, delay: Delay = lambda ttl, sport, n: 0.001, depth: int = 4
+) -> tuple[TraceResult, Counter[int]]:
+    """Run ``trace`` on a fresh SimTracer; the result and how many probes went to each TTL."""
+
+    async def main():  # type: ignore[no-untyped-def]
+        async with SimTracer(delay, depth=depth) as t:
+            r = await t.route(trace)
+            return r, Counter(ttl for ttl, _, _ in t.fam.sent)  # type: ignore[union-attr]
+
+    return run_virtual(main)  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize(("confidence", "n1", "n2"), [(0.95, 6, 11), (0.99, 8, 15)])
+def test_sim_probe_budget_on_the_diamond(confidence: float, n1: int, n2: int) -> None:
+    """The probe count, pinned: exactly the MDA rule at each hop before the destination (n1 at
+    r1, n2 at each two-interface hop), one probe at the destination (the scout's: its hop is
+    settled by that answer), and beyond it only the scout's look-ahead, one probe per TTL.
+    95 %: 6 + 11 + 11 + 1 + 4 = 33 (scamper's tracelb: 1 + 11 + 11 + 1 = 24, because it
+    spends one probe on the first hop instead of the MDA's six; see docs/trace.md)."""
+    r, per = sim_route(Trace("198.18.6.2", confidence=confidence))
+    assert [h.addrs for h in r.hops] == [addrs(R1), addrs(R2A, R2B), addrs(R3A, R3B), addrs(DST4)]
+    assert [per[t] for t in (1, 2, 3, 4)] == [n1, n2, n2, 1]
+    assert [len({p.flow for p in h.probes}) for h in r.hops] == [n1, n2, n2, 1]
+    beyond = {t: c for t, c in per.items() if t > 4}
+    assert beyond == dict.fromkeys(range(5, _REACH + 1), 1)
+    assert r.sent == sum(per.values()) == n1 + 2 * n2 + 1 + (_REACH - 4)
+    if confidence == 0.95:
+        assert r.sent <= 33
+    assert r.elapsed < 0.01  # a few 1 ms round trips (scout, then the MDA's waves)
+
+
+def test_sim_long_path_reach_extends_without_waiting_for_expiry() -> None:
+    """A 20-hop route with RTTs growing 1 ms per hop: the scout starts ``_REACH`` deep and is
+    pushed further by answers from the deep end, so the route takes a few round trips, not an
+    expiry, and no probe goes further than ``_REACH`` beyond the destination."""
+    depth = 20
+    r, per = sim_route(
+        Trace("198.18.6.2", max_ttl=30), lambda ttl, sport, n: 0.001 * min(ttl, depth), depth
+    )
+    assert [h.ttl for h in r.hops] == list(range(1, depth + 1))
+    assert r.reached and r.hops[-1].addrs == addrs(DST4) and r.hops[-1].last
+    assert all(h.addrs for h in r.hops) and r.late == 0
+    assert max(per) <= depth + _REACH
+    assert all(per[t] == 1 for t in per if t >= depth)  # the scout only, from the destination on
+    assert [len(h.probes) for h in r.hops[3:-1]] == [MDA_95[0]] * (depth - 4)
+    assert r.elapsed < 0.2  # vs an expiry of 1 s
+
+
+def test_sim_silent_tail_is_probed_to_max_ttl_in_reach_steps() -> None:
+    """Nothing answers from TTL 4 on (a destination behind a silent firewall): every TTL to
+    max_ttl is still probed, each silent hop with the MDA's n_1 flows, and the reach advances
+    a whole step per expiry -- a few expiries in all, not one per hop."""
+    expiry = 0.5
+    r, per = sim_route(
+        Trace("198.18.6.2", max_ttl=20, expiry=expiry),
+        lambda ttl, sport, n: None if ttl >= 4 else 0.001,
+    )
+    assert [h.ttl for h in r.hops] == list(range(1, 21))
+    assert not r.reached and r.hops[-1].last and not any(h.last for h in r.hops[:-1])
+    for h in r.hops[3:]:
+        assert h.responders == () and h.timeouts == MDA_95[0]
+    assert max(per) == 20
+    assert r.elapsed < 6 * expiry
+
+
+@pytest.mark.parametrize(("reach", "deepest"), [(1, 4), (3, 6), (8, 8), (30, 30)])
+def test_sim_reach_bounds_the_look_ahead(reach: int, deepest: int) -> None:
+    """``reach=max_ttl`` probes every TTL at once (one round trip, every TTL beyond the
+    destination wasted); ``reach=1`` goes hop by hop and wastes nothing. Hops and the MDA's
+    counts are the same whatever the reach."""
+    r, per = sim_route(Trace("198.18.6.2", reach=reach, max_ttl=30))
+    assert [len(h.probes) for h in r.hops] == [6, 11, 11, 1]
+    assert r.reached and len(r.hops) == 4
+    # reach 3: the answer from TTL 3 (the deep end) pushes the scout on to TTLs 4-6
+    assert r.sent == 29 + deepest - 4 == sum(per.values())
+    assert max(per) == deepest
+
+
+def test_sim_single_flow_covers_a_long_path() -> None:
+    """The scout extends its own flow: one flow in all (``max_flows=1``) still reaches a
+    destination far beyond the first reach."""
+    r, _per = sim_route(Trace("198.18.6.2", flows=1, max_flows=1), depth=12)
+    assert [h.ttl for h in r.hops] == list(range(1, 13)) and r.reached
+    assert all(len(h.probes) == 1 and h.probes[0].flow == 0 for h in r.hops)
 
 
 def test_sim_silent_hop_times_out_and_tracing_goes_on() -> None:

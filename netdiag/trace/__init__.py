@@ -2,9 +2,12 @@
 
 Read top to bottom, this module is the whole diagnostic. One :class:`_Session` per trace is the
 engine's sink for its probes. Its sender task launches *flows* (see :mod:`netdiag.wire.trace`):
-each new flow goes out at every TTL that still needs evidence, all at once (bounded by a window
-of probes in flight), so a whole route costs about one round trip -- or one expiry when hops are
-silent -- instead of hops x probes x expiry. For each probe it registers the key
+a scout flow probes ``reach`` TTLs at once and is pushed deeper by answers from the deep end;
+every hop known to be on the route gets the flows the MDA rule asks for, all at once (bounded by
+a window of probes in flight); the destination's hop is settled by the answer already in. So a
+whole route costs a few round trips -- or about one expiry when hops are silent -- instead of
+hops x probes x expiry, and no MDA flow goes beyond the destination. For each probe it
+registers the key
 ``(target, protocol, flow field, probe id)`` with the engine *before* sending, then sends bytes
 built by :mod:`netdiag.wire.trace`. Replies come back through the engine's receive loops (one
 per socket, one demux table) already classified; the session records them per hop, and the MDA
@@ -70,6 +73,10 @@ _PORT_LO, _PORT_HI = 61000, 65535
 #: How long a finished trace keeps its keys (and flow ids) reserved, at least: replies arriving
 #: in that time are recognised as late, never credited to a later trace that reuses the ids.
 _LINGER = 2.0
+#: Default ``Trace.reach``: the scout probes this many TTLs ahead (traceroute's 16 probes in
+#: flight at 3 per hop look ~5 hops ahead). Probes beyond the destination are wasted -- and
+#: spend the target's ICMP rate limit -- so not the whole ``max_ttl`` range at once.
+_REACH = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +93,12 @@ class Trace:
     like traceroute's ``-q N`` but with N *different* flows. ``window`` bounds the probes of this
     trace in flight at once. ``dns`` looks up responder names concurrently, waiting at most
     ``dns_timeout`` before yielding a hop without them.
+
+    ``reach``: the destination's distance is unknown, so a scout flow probes ``reach`` TTLs
+    from ``first_ttl`` and is pushed further as answers (or silence) come from the deep end;
+    probes beyond the destination are wasted (and spend its ICMP rate limit). ``max_ttl``
+    probes the whole range at once: one round trip on long paths, many wasted probes on short
+    ones.
     """
 
     addr: IPAddress | str
@@ -100,6 +113,7 @@ class Trace:
     window: int = 32
     dns: bool = False
     dns_timeout: float = 1.0
+    reach: int = _REACH
 
     def __post_init__(self) -> None:
         if isinstance(self.addr, str):
@@ -133,6 +147,7 @@ class Trace:
                 f"{self.confidence!r}"
             )
         check_int("window", self.window, 1, 65536)
+        check_int("reach", self.reach, 1, 255)
         if not isinstance(self.dns, bool):
             raise TypeError(f"dns must be True or False, not {self.dns!r}")
         check_float("dns_timeout", self.dns_timeout, 0.0, 60.0, open_low=True)
@@ -391,8 +406,17 @@ class _Session(Session):
         self.icmp_token = random.getrandbits(32).to_bytes(4, "big")
         self.flow_base = tracer._alloc_flows(self.dst, self.proto, trace.max_flows)
         self.hops: dict[int, _HopState] = {}
+        #: The last hop, exactly: ``max_ttl`` until a terminal answer lowers it.
         self.horizon = trace.max_ttl
+        #: How deep probes may go for now (the destination's distance is unknown): the scout
+        #: flow probes ``first_ttl..reach``; answers from the deep end push it further.
+        self.reach = min(trace.first_ttl + trace.reach - 1, trace.max_ttl)
+        #: The deepest TTL known to lie before the end of the route (it sent a non-terminal
+        #: answer). Hops up to it may get more flows; deeper ones only once their own scout
+        #: probe is resolved, so no MDA flow is spent beyond the destination.
+        self.known = 0
         self.next_emit = trace.first_ttl
+        #: Flows used so far (hop h's probes are flows 0, 1, ... h.sent - 1, in that order).
         self.flows_used = 0
         self.sent = 0
         self.late = 0
@@ -412,9 +436,30 @@ class _Session(Session):
     # -- the MDA bookkeeping -------------------------------------------------------------
 
     def _needed(self, h: _HopState) -> int:
+        """Flows hop ``h`` needs in all. The MDA rule for the interfaces seen so far -- except at
+        the destination's hop: once only the target answered there, the hop is settled with the
+        answers already in (as scamper's tracelb does): every further flow would reach the same
+        host, and the route ends there whatever hop ``d + 1`` would show."""
         if self.trace.flows is not None:
             return self.trace.flows
+        if h.reached and h.ttl == self.horizon and len(h.addrs) == 1:
+            return 0
         return mda_probes(max(1, len(h.addrs)), self.trace.confidence)
+
+    def _open(self, h: _HopState) -> bool:
+        """May hop ``h`` get flows beyond the scout's? Only once it is known to be on the route
+        (a deeper hop answered as a router) or its own scout probe is resolved."""
+        return h.ttl <= self.known or bool(h.probes)
+
+    def _resolved(self, ttl: int, terminal: bool) -> None:
+        """Book-keeping when the probe at ``ttl`` is answered or expires: a router's answer (or
+        silence) near the deep end of the reach extends it, so the scout keeps ``reach`` hops
+        ahead of what is known, up to ``max_ttl``."""
+        if terminal:
+            return
+        step = self.trace.reach
+        if ttl > self.reach - max(1, step // 2) and self.reach < self.trace.max_ttl:
+            self.reach = min(ttl + step, self.trace.max_ttl)
 
     def _hop(self, ttl: int) -> _HopState:
         h = self.hops.get(ttl)
@@ -422,24 +467,30 @@ class _Session(Session):
             h = self.hops[ttl] = _HopState(ttl)
         return h
 
+    def _quota(self, h: _HopState) -> int:
+        return min(self._needed(h), self.trace.max_flows)
+
     def _plan(self) -> list[int]:
-        """The TTLs the next new flow should probe: every unsettled hop short of its quota."""
-        if self.flows_used >= self.trace.max_flows or self.complete:
+        """The probes to send next, as TTLs in order (a TTL repeated once per probe): a scout
+        probe for every TTL within reach not yet probed, and for every open, unsettled hop the
+        flows it is short of its quota."""
+        if self.complete:
             return []
-        out = []
-        for ttl in range(self.next_emit, self.horizon + 1):
+        out: list[int] = []
+        for ttl in range(self.next_emit, min(self.horizon, self.reach) + 1):
             h = self.hops.get(ttl)
-            if h is None or h.sent < self._needed(h):
+            if h is None:
                 out.append(ttl)
+            elif self._open(h):
+                out.extend([ttl] * (self._quota(h) - h.sent))
         return out
 
     def _advance(self) -> None:
         """Emit, in TTL order, every hop that is settled."""
-        exhausted = self.flows_used >= self.trace.max_flows
         while not self.complete:
             ttl = self.next_emit
             h = self.hops.get(ttl)
-            if h is None or h.outstanding or (h.sent < self._needed(h) and not exhausted):
+            if h is None or h.outstanding or h.sent < self._quota(h):
                 return
             last = ttl >= self.horizon
             self.events.append(self._freeze(h, last))
@@ -509,6 +560,9 @@ class _Session(Session):
             )
         )
         h.addrs[addr] = None
+        if not event.terminal:
+            self.known = max(self.known, probe.ttl)
+        self._resolved(probe.ttl, event.terminal)
         if event.terminal and probe.ttl <= self.horizon:
             self.horizon = probe.ttl
             if reached:
@@ -538,6 +592,7 @@ class _Session(Session):
         h = self._hop(probe.ttl)
         h.outstanding -= 1
         h.probes.append(TraceProbe(probe.ttl, probe.flow, "timeout"))
+        self._resolved(probe.ttl, False)
         self._advance()
         self._notify()
 
@@ -564,26 +619,31 @@ class _Session(Session):
         while not self.complete:
             ttls = self._plan()
             if not ttls:
-                self._advance()  # a hop short of quota but out of flows is settled now
+                self._advance()
                 if self.complete:
                     break
                 await self._sender_wait()
                 continue
-            flow = self.flows_used
-            self.flows_used += 1
-            fid = self.flow_base + flow
             for ttl in ttls:
                 while self.outstanding >= window and not self.complete:
                     await self._sender_wait()
                 if ttl > self.horizon or self.complete:
                     break
+                h = self.hops.get(ttl)
+                if h is not None and h.sent >= self._quota(h):
+                    continue  # answers meanwhile settled it (the destination's hop, say)
+                # Flows go to each hop in order, so a hop's probes are flows 0..sent-1 and
+                # every flow keeps its id at every TTL it is sent to (Paris).
+                flow = h.sent if h is not None else 0
+                self.flows_used = max(self.flows_used, flow + 1)
+                fid = self.flow_base + flow
                 pid = encode_pid(ttl)
                 key = (dst, proto, fid, pid)
                 probe = _Probe(flow, ttl)
                 try:
                     lease = engine.register(key, self, expiry, probe)
-                except KeyInUseError:  # cannot happen with reserved flow blocks; stay safe
-                    continue
+                except KeyInUseError:  # cannot happen with reserved flow blocks
+                    raise NetdiagError(f"probe key {key!r} already in use") from None
                 self.leases.append(lease)
                 h = self._hop(ttl)
                 h.sent += 1
