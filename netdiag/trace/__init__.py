@@ -36,10 +36,10 @@ from typing import Any, Literal
 
 import trio
 
-from ..engine import Engine, Lease, Session, stream
+from ..engine import Diagnostic, Lease, Session, stream
 from ..errors import KeyInUseError, NetdiagError
 from ..resolve import resolve, reverse
-from ..sock import DEFAULT_RCVBUF, Bind, IPAddress, Packet, PerFamily, RawSocket, RouteFinder
+from ..sock import DEFAULT_RCVBUF, Bind, IPAddress, Packet, RawSocket, RouteFinder
 from ..validate import check_float, check_int
 from ..wire.ip import build_ipv4_header
 from ..wire.trace import (
@@ -681,7 +681,7 @@ class _Session(Session):
 # -- the Tracer --------------------------------------------------------------------------------
 
 
-class Tracer:
+class Tracer(Diagnostic):
     """Trace routes to many targets concurrently over one set of raw sockets per family.
 
     Use it as an async context manager: entering opens the sockets and starts the receive loops
@@ -691,13 +691,7 @@ class Tracer:
     """
 
     def __init__(self, bind: Bind | None = None, *, rcvbuf: int = DEFAULT_RCVBUF) -> None:
-        if bind is not None and not isinstance(bind, Bind):
-            raise TypeError(f"bind must be a netdiag.Bind, not {bind!r}")
-        self.bind = bind or Bind()
-        check_int("rcvbuf", rcvbuf, 1024, 1 << 30)  # bytes; the kernel doubles it
-        self.rcvbuf = rcvbuf
-        self._engine = Engine()
-        self._families: PerFamily[_Family] = PerFamily("Tracer")
+        super().__init__(bind, rcvbuf)
         self._blocks: dict[tuple[bytes, int], list[tuple[int, int]]] = {}
         self._cursor = random.randrange(0x10000)
         self._names: dict[IPAddress, str | None] = {}
@@ -707,34 +701,12 @@ class Tracer:
         #: answers that matched a key but carried another trace's token
         self.foreign = 0
 
-    async def __aenter__(self) -> Tracer:
-        await self._engine.__aenter__()
-        try:
-            self._open()
-        except BaseException:
-            await self._engine.__aexit__(None, None, None)
-            raise
-        return self
-
-    async def __aexit__(self, *exc: Any) -> bool | None:
-        try:
-            return await self._engine.__aexit__(*exc)
-        finally:
-            for _, fam in self._families.items():
-                fam.close()
-            self._families.clear()
+    def _close_family(self, fam: _Family) -> None:
+        fam.close()
 
     def _open(self) -> None:
         # Raw sockets already handed to the engine are closed by it; the route finder is ours.
         self._families.open(lambda v6: _Family(v6, self), _Family.close)
-
-    def _family(self, v6: bool) -> _Family:
-        return self._families.get(v6)
-
-    @property
-    def engine(self) -> Engine:
-        """The engine (demux table, counters) behind this Tracer, for introspection."""
-        return self._engine
 
     # -- flow id blocks ----------------------------------------------------------------------
 

@@ -79,9 +79,7 @@ def parser() -> cli.Parser:
         help="probes in flight at once (default 32)",
     )
     p.add_argument("-n", dest="numeric", action="store_true", help="do not look up names")
-    fam = p.add_mutually_exclusive_group()
-    fam.add_argument("-4", dest="v4", action="store_true", help="use IPv4 only")
-    fam.add_argument("-6", dest="v6", action="store_true", help="use IPv6 only")
+    cli.add_family(p)
     p.add_argument("-s", dest="source", help="source address or interface name")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     return p
@@ -112,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     proto = args.proto or "udp"
     if proto == "icmp" and args.port is not None:
         cli.fail(PROG, "-p does not apply to ICMP (-I)")
-    version = 4 if args.v4 else 6 if args.v6 else None
+    version = cli.family_of(args)
     bind = cli.bind_for(args.source)
 
     async def body() -> int:

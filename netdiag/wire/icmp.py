@@ -43,6 +43,7 @@ __all__ = [
     "echo_payload",
     "error_from_queue",
     "error_text",
+    "parse_delivered",
     "parse_icmp",
     "parse_icmp4_packet",
     "token_matches",
@@ -270,6 +271,15 @@ def _error(
     return IcmpError(kind, typ, code, unreach, info, parse_ip(data[quote_at:]))
 
 
+def parse_delivered(data: bytes, v6: bool, ip_header: bool) -> IcmpMessage:
+    """Parse what a raw ICMP socket delivers: with ``ip_header`` (raw IPv4 sockets) an IPv4
+    header comes first and is checked and skipped; ICMPv6 and datagram sockets start at ICMP."""
+    if not ip_header:
+        return parse_icmp(data, v6)
+    parsed = parse_icmp4_packet(data)
+    return parsed if isinstance(parsed, Unparsable) else parsed[1]
+
+
 def parse_icmp4_packet(packet: bytes) -> tuple[IPHeader, IcmpMessage] | Unparsable:
     """Parse what a raw IPv4 ICMP socket delivers: an IPv4 header, then ICMP."""
     ip = parse_ipv4(packet)
@@ -297,24 +307,19 @@ def classify_echo(
     ICMPv6 and datagram sockets). Anything else, including garbage, gives ``None``.
     The token in the payload is *not* checked here: the probe holding the key knows its token.
     """
-    if ip_header:
-        # Fast path for the common case, an echo reply under a plain 20-byte IPv4 header:
-        # no header object, no generic parse. Must agree with the general path (tested).
-        if (
-            len(data) >= 28
-            and data[0] == 0x45
-            and data[9] == 1
-            and data[20] == ECHO_REPLY4
-            and not (data[6] & 0x1F or data[7])
-        ):
-            ck, ident, seq = _ECHO_FIELDS.unpack_from(data, 22)
-            return (src, ident, seq), Echo(True, ident, seq, data[28:], ck)
-        parsed = parse_icmp4_packet(data)
-        if isinstance(parsed, Unparsable):
-            return None
-        msg = parsed[1]
-    else:
-        msg = parse_icmp(data, v6)
+    # Fast path for the common case, an echo reply under a plain 20-byte IPv4 header: no
+    # header object, no generic parse. Must agree with the general path (tested).
+    if (
+        ip_header
+        and len(data) >= 28
+        and data[0] == 0x45
+        and data[9] == 1
+        and data[20] == ECHO_REPLY4
+        and not (data[6] & 0x1F or data[7])
+    ):
+        ck, ident, seq = _ECHO_FIELDS.unpack_from(data, 22)
+        return (src, ident, seq), Echo(True, ident, seq, data[28:], ck)
+    msg = parse_delivered(data, v6, ip_header)
     if isinstance(msg, Echo):
         if not msg.reply:
             return None

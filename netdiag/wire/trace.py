@@ -42,11 +42,9 @@ from .icmp import (
     Echo,
     ErrorKind,
     IcmpError,
-    Unparsable,
     Unreach,
     build_echo,
-    parse_icmp,
-    parse_icmp4_packet,
+    parse_delivered,
 )
 from .ip import IPHeader, parse_ipv4
 from .tcp import ACK, RST, SYN, build_syn, parse_tcp
@@ -286,13 +284,7 @@ def classify_icmp(
     ``ip_header``: raw IPv4 sockets deliver the IP header first; ICMPv6 sockets do not. ``src``
     is the packed source address of the datagram (who answered).
     """
-    if ip_header:
-        parsed = parse_icmp4_packet(data)
-        if isinstance(parsed, Unparsable):
-            return None
-        msg = parsed[1]
-    else:
-        msg = parse_icmp(data, v6)
+    msg = parse_delivered(data, v6, ip_header)
     if isinstance(msg, Echo):
         if not msg.reply:
             return None
