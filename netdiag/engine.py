@@ -45,6 +45,7 @@ __all__ = [
     "Pacer",
     "Session",
     "Sink",
+    "in_order",
     "stream",
 ]
 
@@ -507,3 +508,21 @@ class Diagnostic:
             for _, fam in self._families.items():
                 self._close_family(fam)
             self._families.clear()
+
+
+async def in_order(
+    results: AsyncIterator[Any], first: int, value: Callable[[Any], float | None]
+) -> AsyncIterator[float | None]:
+    """The simple stream the Rust crate offers (``Some(rtt)`` / ``None`` per probe) built on
+    a rich one: one ``value(result)`` per probe, in probe order starting at ``first``,
+    holding back early answers until the probes before them are resolved; duplicates and late
+    answers are left out."""
+    pending: dict[int, float | None] = {}
+    nxt = first
+    async for r in results:
+        if r.duplicate or r.late:
+            continue
+        pending[r.seq] = value(r)
+        while nxt in pending:
+            yield pending.pop(nxt)
+            nxt += 1

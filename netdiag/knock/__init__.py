@@ -37,7 +37,7 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ..engine import Diagnostic, Lease, Pacer, Session, stream
+from ..engine import Diagnostic, Lease, Pacer, Session, in_order, stream
 from ..errors import KeyInUseError
 from ..resolve import resolve
 from ..sock import (
@@ -563,19 +563,16 @@ class Knocker(Diagnostic):
     async def knock(self, knock: Knock) -> AsyncIterator[float | None]:
         """Yield, in probe order, each SYN's RTT in seconds if the port answered open
         (SYN-ACK), else ``None`` (closed, filtered or refused; :meth:`results` tells which)."""
-        pending: dict[int, float | None] = {}
-        nxt = 0
-        async for r in self.results(knock):
-            if r.duplicate or r.late:
-                continue
-            pending[r.seq] = r.rtt if r.kind == "open" else None
-            while nxt in pending:
-                yield pending.pop(nxt)
-                nxt += 1
+        async for rtt in in_order(self.results(knock), 0, _open_rtt):
+            yield rtt
 
     async def collect(self, knock: Knock) -> list[KnockResult]:
         """Run a whole knock and return every result; see :meth:`KnockStats.of`."""
         return [r async for r in self.results(knock)]
+
+
+def _open_rtt(r: KnockResult) -> float | None:
+    return r.rtt if r.kind == "open" else None
 
 
 def _netns() -> tuple[int, int] | None:

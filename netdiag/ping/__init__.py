@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ..engine import Diagnostic, Lease, Pacer, Session, stream
+from ..engine import Diagnostic, Lease, Pacer, Session, in_order, stream
 from ..errors import KeyInUseError, NetdiagError, PrivilegeError
 from ..resolve import literal, resolve
 from ..sock import (
@@ -585,19 +585,16 @@ class Pinger(Diagnostic):
     async def ping(self, ping: Ping) -> AsyncIterator[float | None]:
         """Yield, in sequence order, each request's RTT in seconds or ``None`` if it got no
         reply (timed out, or an ICMP error came back instead)."""
-        pending: dict[int, float | None] = {}
-        nxt = 1
-        async for r in self.results(ping):
-            if r.duplicate or r.late:
-                continue
-            pending[r.seq] = r.rtt if r.kind == "reply" else None
-            while nxt in pending:
-                yield pending.pop(nxt)
-                nxt += 1
+        async for rtt in in_order(self.results(ping), 1, _reply_rtt):
+            yield rtt
 
     async def collect(self, ping: Ping) -> list[PingResult]:
         """Run a whole ping and return every result; see :meth:`PingStats.of`."""
         return [r async for r in self.results(ping)]
+
+
+def _reply_rtt(r: PingResult) -> float | None:
+    return r.rtt if r.kind == "reply" else None
 
 
 def _classifier(v6: bool, dgram: bool = False):  # type: ignore[no-untyped-def]
