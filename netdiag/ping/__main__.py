@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
@@ -135,6 +136,19 @@ def _header(run: HostRun) -> str:
     return f"PING {run.host} ({run.addr}) {p.size}({p.size + 28}) bytes of data."
 
 
+def _options(args: argparse.Namespace, df: bool | None) -> dict[str, Any]:
+    """The probe options of a :class:`Ping` (or a sweep) as the command line gave them."""
+    return {
+        "count": args.count,
+        "interval": args.interval,
+        "expiry": args.timeout,
+        "size": args.size,
+        "ttl": args.ttl,
+        "tos": args.tos,
+        "df": df,
+    }
+
+
 def _read_targets(path: str) -> list[str]:
     """Targets from a file, fping style: one per line, blank lines and '#' comments skipped."""
     try:
@@ -164,33 +178,14 @@ def _mass(args: argparse.Namespace, hosts: list[str], version: int | None, df: b
                 names[addr] = host
                 addrs.append(addr)
         # Validate every option before any packet leaves.
-        Ping(
-            addrs[0],
-            count=args.count,
-            interval=args.interval,
-            expiry=args.timeout,
-            size=args.size,
-            ttl=args.ttl,
-            tos=args.tos,
-            df=df,
-        )
+        Ping(addrs[0], **_options(args, df))
         async with Pinger(cli.bind_for(args.source), privileged=args.privileged) as pinger:
             pinger.prepare(Ping(addrs[0], df=df))
             cli.drop_privileges()
 
             async def sweep() -> None:
                 clock["start"] = time.monotonic()
-                async for r in pinger.sweep(
-                    addrs,
-                    count=args.count,
-                    interval=args.interval,
-                    expiry=args.timeout,
-                    size=args.size,
-                    ttl=args.ttl,
-                    tos=args.tos,
-                    df=df,
-                    rate=args.rate,
-                ):
+                async for r in pinger.sweep(addrs, rate=args.rate, **_options(args, df)):
                     stats[r.addr].add(r)
                     if args.csv and r.kind == "reply" and not r.duplicate and r.rtt is not None:
                         print(f"{r.addr},{r.seq},{round(r.rtt * 1e6)}")
@@ -264,16 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs: list[HostRun] = []
         for host in args.hosts:
             addr = await resolve(host, version)
-            ping = Ping(
-                addr,
-                count=args.count,
-                interval=args.interval,
-                expiry=args.timeout,
-                size=args.size,
-                ttl=args.ttl,
-                tos=args.tos,
-                df=df,
-            )
+            ping = Ping(addr, **_options(args, df))
             runs.append(HostRun(host, addr, ping))
         async with Pinger(bind, privileged=args.privileged) as pinger:
             for run in runs:
