@@ -117,3 +117,29 @@ def test_console_script_dispatch() -> None:
 )
 def test_rtt_formatting_like_iputils(seconds: float, text: str) -> None:
     assert fmt_ms(seconds) == text
+
+
+@pytest.mark.privileged
+def test_ctrl_c_prints_the_summary() -> None:
+    """Like iputils: SIGINT stops pinging, the statistics still print, exit 0 if any reply."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "netdiag.ping", "-c", "1000", "-i", "0.05", "127.0.0.1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    assert "--- 127.0.0.1 ping statistics ---" in out
+    sent = int(out.split(" packets transmitted")[0].rsplit("\n", 1)[-1])
+    assert 3 <= sent < 1000  # stopped early, and counted what it sent
