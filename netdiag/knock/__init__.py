@@ -40,6 +40,7 @@ from typing import Any, Literal
 from ..engine import Diagnostic, Lease, Pacer, Session, in_order, stream
 from ..errors import KeyInUseError
 from ..resolve import resolve
+from ..results import jsonable
 from ..sock import (
     DEFAULT_RCVBUF,
     Bind,
@@ -159,27 +160,10 @@ class KnockResult:
         return f"{err.kind.value if err.kind else 'error'} ({err.text})"
 
     def as_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {
-            "seq": self.seq,
-            "addr": str(self.addr),
-            "port": self.port,
-            "kind": self.kind,
-            "rtt": self.rtt,
-            "responder": str(self.responder) if self.responder else None,
-            "ttl": self.ttl,
-            "flags": _flag_text(self.flags) if self.flags else None,
-            "sport": self.sport,
-            "duplicate": self.duplicate,
-            "late": self.late,
-        }
-        if self.error is not None:
-            d["error"] = {
-                "kind": self.error.kind.value if self.error.kind else None,
-                "type": self.error.type,
-                "code": self.error.code,
-                "text": self.error.text,
-                "unreach": self.error.unreach.label if self.error.unreach else None,
-            }
+        d: dict[str, Any] = jsonable(self)
+        d["flags"] = _flag_text(self.flags) if self.flags else None
+        if self.error is None:
+            del d["error"]
         return d
 
 

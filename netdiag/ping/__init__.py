@@ -22,6 +22,7 @@ from typing import Any, Literal
 from ..engine import Diagnostic, Lease, Pacer, Session, in_order, stream
 from ..errors import KeyInUseError, NetdiagError, PrivilegeError
 from ..resolve import literal, resolve
+from ..results import jsonable
 from ..sock import (
     DEFAULT_RCVBUF,
     IP_PMTUDISC_DO,
@@ -136,25 +137,9 @@ class PingResult:
     error: PingError | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {
-            "seq": self.seq,
-            "addr": str(self.addr),
-            "kind": self.kind,
-            "rtt": self.rtt,
-            "responder": str(self.responder) if self.responder else None,
-            "ttl": self.ttl,
-            "size": self.size,
-            "duplicate": self.duplicate,
-            "late": self.late,
-        }
-        if self.error is not None:
-            d["error"] = {
-                "kind": self.error.kind.value if self.error.kind else None,
-                "type": self.error.type,
-                "code": self.error.code,
-                "text": self.error.text,
-                "mtu": self.error.mtu,
-            }
+        d: dict[str, Any] = jsonable(self)
+        if self.error is None:
+            del d["error"]
         return d
 
 
