@@ -33,8 +33,16 @@ class Check:
 
 
 def _try(v6: bool, proto: int, kind: int = socket.SOCK_RAW) -> tuple[bool, str]:
+    # A UDP datagram socket is opened as the unprivileged Tracer opens its flow sockets: with
+    # the error queue on and a port bound, so "yes" means that mode really can run.
+    udp = kind == socket.SOCK_DGRAM and proto == socket.IPPROTO_UDP
     try:
-        s = RawSocket(v6, proto, None, kind=kind, receive=False)
+        s = RawSocket(v6, proto, None, kind=kind, receive=udp, recverr=udp)
+        if udp:
+            try:
+                s.sock.bind(("::" if v6 else "0.0.0.0", 0))
+            finally:
+                s.close()
     except PrivilegeError:
         return False, "permission denied"
     except FamilyUnavailableError as e:
@@ -78,7 +86,7 @@ def run_checks() -> list[Check]:
             (f"ICMP datagram ({fam})", "unprivileged ping", icmp, socket.SOCK_DGRAM),
             (
                 f"UDP + RECVERR ({fam})",
-                "unprivileged trace -U",
+                "unprivileged trace -U (UDP only)",
                 socket.IPPROTO_UDP,
                 socket.SOCK_DGRAM,
             ),
@@ -98,6 +106,11 @@ def advice(checks: list[Check]) -> list[str]:
             f"raw sockets (all modes, knock included) need CAP_NET_RAW: run as root, or "
             f"`sudo setcap cap_net_raw+ep {exe}`"
         )
+        if any(c.ok for c in checks if c.name.startswith("UDP + RECVERR")):
+            out.append(
+                "without it, traces still run over UDP (`python -m netdiag.trace "
+                "--unprivileged`, chosen automatically); -I and -T need CAP_NET_RAW"
+            )
     dgram = [c for c in checks if c.name.startswith("ICMP datagram")]
     if not all(c.ok for c in dgram):
         rng = ping_group_range()

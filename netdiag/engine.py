@@ -149,7 +149,9 @@ class Engine:
         self._expiry_scope: trio.CancelScope | None = None
         self._nursery: trio.Nursery | None = None
         self._nursery_cm: Any = None
-        self._sockets: list[RawSocket] = []
+        self._sockets: dict[RawSocket, None] = {}  # ordered; O(1) removal
+        #: the cancel scope of each socket's receive loop, so one socket can be removed alone
+        self._loops: dict[RawSocket, trio.CancelScope] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -169,6 +171,7 @@ class Engine:
             for s in self._sockets:
                 s.close()
             self._sockets.clear()
+            self._loops.clear()
             self.table.clear()
             self._heap.clear()
             self._dead = 0
@@ -183,9 +186,22 @@ class Engine:
     def add_socket(self, sock: RawSocket, classify: Classifier | None) -> None:
         """Take ownership of ``sock`` (closed with the engine) and, if ``classify`` is given,
         start its receive loop."""
-        self._sockets.append(sock)
+        self._sockets[sock] = None
         if classify is not None:
-            self.nursery.start_soon(self._recv_loop, sock, classify)
+            # The scope exists before the task runs, so remove_socket works at once.
+            scope = self._loops[sock] = trio.CancelScope()
+            self.nursery.start_soon(self._scoped_recv_loop, sock, classify, scope)
+
+    def remove_socket(self, sock: RawSocket) -> None:
+        """Stop ``sock``'s receive loop and close it: for sockets that live shorter than the
+        engine (the unprivileged Tracer's per-flow UDP sockets). Idempotent; safe after the
+        engine closed. The loop is cancelled *before* the socket is closed, so it ends with
+        ``Cancelled`` rather than seeing its file descriptor vanish."""
+        scope = self._loops.pop(sock, None)
+        if scope is not None:
+            scope.cancel()
+        self._sockets.pop(sock, None)
+        sock.close()
 
     # -- the demux table -------------------------------------------------------------------
 
@@ -248,6 +264,13 @@ class Engine:
                 self._expiry_scope = scope
                 await trio.sleep_forever()
             self._expiry_scope = None
+
+    async def _scoped_recv_loop(
+        self, sock: RawSocket, classify: Classifier, scope: trio.CancelScope
+    ) -> None:
+        with scope:
+            if not scope.cancel_called:  # removed before it started: never touch the fd
+                await self._recv_loop(sock, classify)
 
     async def _recv_loop(self, sock: RawSocket, classify: Classifier) -> None:
         stats = self.stats

@@ -185,3 +185,35 @@ def test_mock_clock_expiry() -> None:
             assert sink.events == [("expire", "k", True)]
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+async def test_remove_socket_stops_its_loop_and_closes_it_alone() -> None:
+    keep, tx_keep = udp_rawsocket()
+    gone, tx_gone = udp_rawsocket()
+    early, _tx = udp_rawsocket()
+    sink = Recorder()
+    async with Engine() as engine:
+        engine.add_socket(keep, classify)
+        engine.add_socket(gone, classify)
+        await trio.sleep(0.05)  # both loops are waiting on their sockets
+        assert len(engine.nursery.child_tasks) == 3  # expiry + two receive loops
+        engine.remove_socket(gone)
+        # Removed before its loop ever ran: the loop must not touch the closed descriptor.
+        engine.add_socket(early, classify)
+        engine.remove_socket(early)
+        engine.remove_socket(gone)  # idempotent
+        await trio.sleep(0.05)
+        assert gone.sock.fileno() == -1 and early.sock.fileno() == -1
+        assert len(engine.nursery.child_tasks) == 2  # expiry + the kept loop
+        assert engine.stats.socket_errors == 0
+        engine.register("a", sink, expiry=10)
+        tx_keep.send(b"a:still")
+        with trio.fail_after(5):
+            while not sink.events:
+                await trio.sleep(0.01)
+        assert sink.events == [("event", "still", False)]
+        assert keep.sock.fileno() != -1
+    assert keep.sock.fileno() == -1
+    engine.remove_socket(keep)  # after the engine closed: harmless
+    for s in (tx_keep, tx_gone, _tx):
+        s.close()

@@ -24,13 +24,22 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from netdiag.errors import FamilyUnavailableError, NetdiagError
-from netdiag.sock import Packet
-from netdiag.trace import _REACH, Trace, Tracer, TraceResult, _icmp_classifier
+from netdiag.errors import FamilyUnavailableError, NetdiagError, PrivilegeError
+from netdiag.sock import ExtErr, Packet
+from netdiag.trace import (
+    _REACH,
+    Trace,
+    Tracer,
+    TraceResult,
+    _icmp_classifier,
+    _queued_udp_classifier,
+)
 from netdiag.wire.checksum import checksum, pseudo_header_v6
 from netdiag.wire.icmp import Unreach
 from netdiag.wire.ip import build_ipv4_header, parse_ipv4
 from netdiag.wire.trace import (
+    DGRAM_MARKER,
+    MAX_ATTEMPT,
     MDA_95,
     MDA_99,
     PROTO_ICMP,
@@ -38,11 +47,14 @@ from netdiag.wire.trace import (
     PROTO_TCP,
     PROTO_UDP,
     ReplyKind,
+    build_dgram_payload,
     build_icmp_probe,
     build_tcp_probe,
     build_udp_probe,
     classify_icmp,
+    classify_queued_udp,
     classify_tcp,
+    decode_dgram_payload,
     decode_pid,
     encode_pid,
     key_from_quote,
@@ -715,3 +727,276 @@ def test_alloc_flows_disjoint_and_refuses_when_full() -> None:
         # other targets and protocols have their own blocks
         assert 0 <= t._alloc_flows(DST4, PROTO_ICMP, 1024) <= 0xFFFF - 1023
         assert t._alloc_flows(DST6, PROTO_UDP, 1024) >= 61000
+
+
+# -- datagram mode (no raw sockets): payload ids, error-queue classifier, flow sockets -------------
+
+EE_ICMP, EE_ICMP6, EE_LOCAL = 2, 3, 1
+
+
+@given(ttls, st.integers(0, MAX_ATTEMPT), st.integers(0, 0xFFFF))
+def test_dgram_payload_round_trip(ttl: int, attempt: int, token: int) -> None:
+    pid = encode_pid(ttl, attempt)
+    payload = build_dgram_payload(pid, token)
+    assert payload[4:] == DGRAM_MARKER
+    assert decode_dgram_payload(payload) == (pid, token)
+    # routers quote from the start: the first 4 bytes are enough, a cut marker is fine
+    for cut in range(4, len(payload) + 1):
+        assert decode_dgram_payload(payload[:cut]) == (pid, token)
+    for cut in range(4):
+        assert decode_dgram_payload(payload[:cut]) is None
+
+
+def test_dgram_payload_rejects_what_no_probe_sends() -> None:
+    with pytest.raises(ValueError):
+        build_dgram_payload(0, 1)
+    assert decode_dgram_payload(struct.pack("!HH", 0x00FF, 7) + DGRAM_MARKER) is None  # TTL 0
+    assert decode_dgram_payload(struct.pack("!HH", 0x0500, 7) + b"NETDIAG-XX") is None
+    assert decode_dgram_payload(struct.pack("!HH", 0x0500, 7) + b"NE") == (0x0500, 7)
+
+
+def queued(
+    v6: bool,
+    typ: int,
+    code: int,
+    who: bytes,
+    *,
+    ttl: int = 3,
+    token: int = 0xBEEF,
+    cut: int | None = None,
+    origin: int | None = None,
+    info: int = 0,
+):  # type: ignore[no-untyped-def]
+    quoted = build_dgram_payload(encode_pid(ttl), token)[:cut]
+    if origin is None:
+        origin = EE_ICMP6 if v6 else EE_ICMP
+    dst = DST6 if v6 else DST4
+    return classify_queued_udp(v6, origin, typ, code, info, who, dst, 40001, quoted)
+
+
+@pytest.mark.parametrize("v6", [False, True])
+def test_queued_time_exceeded_gives_exact_key_and_offender(v6: bool) -> None:
+    router, dst = (R6, DST6) if v6 else (R4, DST4)
+    got = queued(v6, 3 if v6 else 11, 0, router, ttl=5)
+    assert got is not None
+    key, reply = got
+    assert key == (dst, PROTO_UDP, 40001, encode_pid(5))
+    assert reply.kind is ReplyKind.TIME_EXCEEDED and not reply.terminal
+    assert reply.addr == router and reply.token == 0xBEEF and reply.mark == ""
+
+
+@pytest.mark.parametrize("v6", [False, True])
+def test_queued_port_unreachable_is_arrival(v6: bool) -> None:
+    dst = DST6 if v6 else DST4
+    _, reply = queued(v6, *((1, 4) if v6 else (3, 3)), dst)  # type: ignore[misc]
+    assert reply.kind is ReplyKind.UNREACHABLE and reply.unreach is Unreach.PORT
+    assert reply.from_destination and reply.terminal and reply.mark == "" and reply.addr == dst
+
+
+def test_queued_unreachable_marks() -> None:
+    cases = {
+        (False, 3, 13): "!X",
+        (False, 3, 10): "!X",
+        (False, 3, 1): "!H",
+        (False, 3, 0): "!N",
+        (False, 3, 2): "!P",
+        (True, 1, 1): "!X",
+        (True, 1, 0): "!N",
+        (True, 1, 3): "!H",
+        (True, 1, 5): "!X",
+    }
+    for (v6, typ, code), mark in cases.items():
+        _, reply = queued(v6, typ, code, R6 if v6 else R4)  # type: ignore[misc]
+        assert reply.terminal and reply.mark == mark and not reply.from_destination, (typ, code)
+    _, frag = queued(False, 3, 4, R4, info=1400)  # type: ignore[misc]
+    assert frag.unreach is Unreach.FRAG_NEEDED and not frag.terminal and frag.mark == "!F-1400"
+    _, ptb = queued(True, 2, 0, R6, info=1280)  # type: ignore[misc]
+    assert ptb.kind is ReplyKind.PACKET_TOO_BIG and ptb.mark == "!F-1280" and not ptb.terminal
+    _, pp = queued(True, 4, 0, R6, info=40)  # type: ignore[misc]
+    assert pp.kind is ReplyKind.PARAMETER_PROBLEM and pp.info == 40
+
+
+@pytest.mark.parametrize("v6", [False, True])
+def test_queued_truncated_or_foreign_entries_are_not_credited(v6: bool) -> None:
+    router = R6 if v6 else R4
+    te = (3, 0) if v6 else (11, 0)
+    # An 8-byte quote (RFC 792's minimum) leaves the kernel no payload to hand back: the
+    # probe cannot be named, so nothing is credited (the raw mode, with the id in the UDP
+    # checksum, still matches those). 4 quoted payload bytes are enough.
+    for cut in (0, 1, 3):
+        assert queued(v6, *te, router, cut=cut) is None
+    assert queued(v6, *te, router, cut=4) is not None
+    # local errors (EMSGSIZE ...) and the other family's origin name no router
+    assert queued(v6, *te, router, origin=EE_LOCAL) is None
+    assert queued(v6, *te, router, origin=EE_ICMP if v6 else EE_ICMP6) is None
+    # no offender, or one of the wrong length
+    assert queued(v6, *te, None) is None
+    assert queued(v6, *te, R4 if v6 else R6) is None
+    # echo replies, redirects and other non-errors are not answers to a UDP probe
+    assert queued(v6, 129 if v6 else 0, 0, router) is None
+    assert queued(v6, 137 if v6 else 5, 0, router) is None
+
+
+@settings(max_examples=300)
+@given(
+    st.booleans(),
+    st.integers(0, 255),
+    st.integers(0, 255),
+    st.integers(0, 255),
+    st.integers(0, 0xFFFFFFFF),
+    st.one_of(st.none(), st.binary(max_size=20)),
+    st.binary(max_size=20),
+    st.integers(0, 0xFFFF),
+    st.binary(max_size=64),
+)
+def test_queued_classifier_never_raises(
+    v6: bool,
+    origin: int,
+    typ: int,
+    code: int,
+    info: int,
+    offender: bytes | None,
+    dst: bytes,
+    sport: int,
+    quoted: bytes,
+) -> None:
+    got = classify_queued_udp(v6, origin, typ, code, info, offender, dst, sport, quoted)
+    if got is not None:
+        key, reply = got
+        assert key[1] == PROTO_UDP and key[2] == sport and reply.addr == offender
+
+
+class SimDgramFamily:
+    """Stands in for the datagram mode's per-flow UDP sockets: each flow gets a fake socket
+    (with its own receive loop on the real engine) and every probe's answer comes back as an
+    error-queue entry, the offender being the diamond's router for that flow."""
+
+    dgram = True
+    v6 = False
+
+    def __init__(self, tracer: Tracer, quote: Callable[[int], int | None], depth: int = 4):
+        self.engine = tracer.engine
+        self.quote = quote  # ttl -> payload bytes the router quotes (None: all)
+        self.depth = depth
+        self.ports: dict[FakeSock, int] = {}
+        self.next_port = 40000
+        self.opened = 0
+        self.closed: list[FakeSock] = []
+        self.sent: list[tuple[int, int]] = []
+
+    def source(self, dst: object) -> bytes:
+        return SRC4
+
+    def open_flow(self, src: bytes) -> tuple[FakeSock, int]:
+        sock, port = FakeSock(), self.next_port
+        self.next_port += 7
+        self.ports[sock] = port
+        self.opened += 1
+        self.engine.add_socket(sock, _queued_udp_classifier(False, port))  # type: ignore[arg-type]
+        return sock, port
+
+    def close_flow(self, sock: FakeSock) -> None:
+        self.closed.append(sock)
+        self.engine.remove_socket(sock)  # type: ignore[arg-type]
+
+    async def send_flow(self, sock: FakeSock, data: bytes, dst: str, port: int, ttl: int) -> int:
+        sport = self.ports[sock]
+        self.sent.append((ttl, sport))
+        branch = sport % 2
+        router = {1: R1, 2: (R2A, R2B)[branch], 3: (R3A, R3B)[branch]}.get(ttl, DST4)
+        typ, code = (11, 0) if ttl < self.depth else (3, 3)
+        err = ExtErr(113 if ttl < self.depth else 111, EE_ICMP, typ, code, 0, router)
+        quoted = data[: self.quote(ttl)]
+
+        async def later() -> None:
+            await trio.sleep(0.001)
+            now = int(trio.current_time() * 1e9)
+            sock.queue.append(Packet(quoted, DST4, SRC4, 60, now, True, port, False, err))
+            sock.ready.set()
+
+        self.engine.nursery.start_soon(later)
+        return int(trio.current_time() * 1e9)
+
+    def close(self) -> None:
+        pass
+
+
+class SimDgramTracer(Tracer):
+    def __init__(self, quote: Callable[[int], int | None] = lambda ttl: None) -> None:
+        super().__init__(privileged=False)
+        self._quote = quote
+        self.fam: SimDgramFamily | None = None
+
+    def _open(self) -> None:
+        self.fam = SimDgramFamily(self, self._quote)
+        self.mode = "datagram"
+
+        def opener(v6: bool) -> SimDgramFamily:
+            if v6:
+                raise FamilyUnavailableError(97, "simulated IPv4 only")
+            return self.fam  # type: ignore[return-value]
+
+        self._families.open(opener, lambda fam: None)  # type: ignore[arg-type]
+
+
+def test_sim_dgram_mode_mda_one_socket_per_flow_closed_after_linger() -> None:
+    async def main():  # type: ignore[no-untyped-def]
+        async with SimDgramTracer() as t:
+            r = await t.route(Trace("198.18.6.2", expiry=1.0, max_flows=16))
+            fam = t.fam
+            assert fam is not None
+            open_after_route = fam.opened - len(fam.closed)
+            tasks_during = len(t.engine.nursery.child_tasks)
+            await trio.sleep(5)  # past the linger
+            return r, fam, open_after_route, tasks_during, t
+
+    r, fam, open_after_route, tasks_during, t = run_virtual(main)  # type: ignore[misc]
+    assert [h.addrs for h in r.hops] == [addrs(R1), addrs(R2A, R2B), addrs(R3A, R3B), addrs(DST4)]
+    assert r.reached and r.late == 0 and all(h.timeouts == 0 for h in r.hops)
+    assert r.hops[3].responders[0].destination
+    # One socket per flow (the MDA's 11 at two next hops, within max_flows=16), opened once
+    # and reused at every TTL (Paris), each with its own port
+    per_hop = max(len(h.probes) for h in r.hops)
+    assert fam.opened == per_hop == len({s for _, s in fam.sent}) <= 16
+    assert open_after_route == fam.opened  # still open while the keys linger...
+    assert tasks_during >= 1 + fam.opened  # ...each with its receive loop
+    assert len(fam.closed) == fam.opened  # ...then closed, loops gone
+    assert t.engine.table == {} and t._blocks == {}
+
+
+def test_sim_dgram_mode_max_flows_bounds_the_sockets() -> None:
+    async def main():  # type: ignore[no-untyped-def]
+        async with SimDgramTracer() as t:
+            r = await t.route(Trace("198.18.6.2", expiry=0.5, max_flows=3))
+            return r, t.fam
+
+    r, fam = run_virtual(main)  # type: ignore[misc]
+    assert fam.opened == 3 and all(len(h.probes) <= 3 for h in r.hops)
+
+
+def test_sim_dgram_mode_truncated_quotes_time_out() -> None:
+    """A router quoting no payload (8 bytes of UDP) cannot be credited: its hop shows
+    timeouts, the others are unaffected, and the engine counts the entries as ignored."""
+
+    async def main():  # type: ignore[no-untyped-def]
+        async with SimDgramTracer(lambda ttl: 0 if ttl == 2 else None) as t:
+            r = await t.route(Trace("198.18.6.2", expiry=0.5, flows=4))
+            return r, t.engine.stats
+
+    r, stats = run_virtual(main)  # type: ignore[misc]
+    assert [h.ttl for h in r.hops] == [1, 2, 3, 4]
+    assert r.hops[1].responders == () and r.hops[1].timeouts == 4
+    assert r.hops[0].addrs == addrs(R1) and r.hops[3].addrs == addrs(DST4) and r.reached
+    assert stats.ignored >= 4
+
+
+def test_dgram_mode_refuses_icmp_and_tcp_traces() -> None:
+    with pytest.raises(TypeError, match="privileged"):
+        Tracer(privileged="no")  # type: ignore[arg-type]
+    t = Tracer(privileged=False)
+    t.mode = "datagram"
+    t.prepare(Trace("198.18.6.2"))
+    for proto, flag in (("icmp", "-I"), ("tcp", "-T")):
+        with pytest.raises(PrivilegeError, match="CAP_NET_RAW") as e:
+            t.prepare(Trace("198.18.6.2", proto=proto))  # type: ignore[arg-type]
+        assert flag in str(e.value)

@@ -22,22 +22,34 @@ IPv6 probes leave through a raw socket of their protocol, with the hop limit and
 address as ``sendmsg`` ancillary data and the checksum filled by the kernel (IPV6_CHECKSUM; for
 ICMPv6 always). The source address is found per target with a connected UDP socket, because the
 UDP/TCP checksums cover it and the UDP checksum is the probe id.
+
+Without CAP_NET_RAW (``Tracer(privileged=False)``, or the fallback of ``privileged=None``) the
+Tracer runs in *datagram mode*, as Linux traceroute's default method does: UDP traces only, each
+flow an ordinary UDP socket (:class:`_DgramFamily`) bound to the source address with a port the
+kernel picks -- that port is the flow id -- sending with the TTL / hop limit as ancillary data and
+reading ICMP errors from its error queue (IP_RECVERR / IPV6_RECVERR); the probe id and the
+trace's token ride in the payload. Each flow socket has its own receive loop on the engine and is
+removed from it when the trace's keys are released (after the linger) or the Tracer closes.
+Keys, sessions, MDA and late/duplicate handling are the raw mode's.
 """
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import os
 import random
 import socket
+import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import trio
 
-from ..engine import Diagnostic, Lease, Session, stream
-from ..errors import KeyInUseError, NetdiagError
+from ..engine import Diagnostic, Engine, Lease, Session, stream
+from ..errors import FamilyUnavailableError, KeyInUseError, NetdiagError, PrivilegeError
 from ..resolve import resolve, reverse
 from ..sock import DEFAULT_RCVBUF, Bind, IPAddress, Packet, RawSocket, RouteFinder
 from ..validate import check_float, check_int
@@ -49,8 +61,10 @@ from ..wire.trace import (
     PROTO_UDP,
     Reply,
     ReplyKind,
+    build_dgram_payload,
     build_probe,
     classify_icmp,
+    classify_queued_udp,
     classify_tcp,
     encode_pid,
     mda_probes,
@@ -73,6 +87,12 @@ _PORT_LO, _PORT_HI = 61000, 65535
 #: How long a finished trace keeps its keys (and flow ids) reserved, at least: replies arriving
 #: in that time are recognised as late, never credited to a later trace that reuses the ids.
 _LINGER = 2.0
+#: Receive buffer of each datagram-mode flow socket: it only queues the errors of that flow's
+#: probes in flight (at most ``Trace.window``), so the raw sockets' megabytes are not needed.
+_FLOW_RCVBUF = 256 << 10
+#: Attempts per datagram-mode send: an ICMP error that reached a flow socket also sets its
+#: pending socket error, which the *next* sendmsg reports (and clears) instead of sending.
+_SEND_ATTEMPTS = 3
 #: Default ``Trace.reach``: the scout probes this many TTLs ahead (traceroute's 16 probes in
 #: flight at 3 per hop look ~5 hops ahead). Probes beyond the destination are wasted -- and
 #: spend the target's ICMP rate limit -- so not the whole ``max_ttl`` range at once.
@@ -312,9 +332,23 @@ class _HopState:
 class _Family:
     """One family's sockets: receivers run on the engine; ``send`` puts a probe on the wire."""
 
+    dgram = False
+
     def __init__(self, v6: bool, tracer: Tracer) -> None:
         self.v6 = v6
-        bind, rcvbuf, engine = tracer.bind, tracer.rcvbuf, tracer._engine
+        bind, rcvbuf = tracer.bind, tracer.rcvbuf
+        engine = self._owned = _Owned(tracer._engine)
+        try:
+            self._open(v6, bind, rcvbuf, engine)
+        except BaseException:
+            engine.drop()  # a later socket was refused: keep none (datagram mode may follow)
+            raise
+        # Source discovery: opened now, so it lives in the same network namespace as the
+        # probing sockets even if the caller moves threads between namespaces later.
+        self.route = RouteFinder(v6, bind)
+        self._anc: dict[tuple[int, bytes], list[tuple[int, int, bytes]]] = {}
+
+    def _open(self, v6: bool, bind: Bind, rcvbuf: int, engine: _Owned) -> None:
         if v6:
             self.icmp = RawSocket(
                 True, socket.IPPROTO_ICMPV6, bind, icmp_types=_TYPES6, rcvbuf=rcvbuf
@@ -342,10 +376,6 @@ class _Family:
             engine.add_socket(self.tcp, _tcp_classifier(False))
             self.raw = RawSocket(False, socket.IPPROTO_RAW, bind, receive=False, hdrincl=True)
             engine.add_socket(self.raw, None)
-        # Source discovery: opened now, so it lives in the same network namespace as the
-        # probing sockets even if the caller moves threads between namespaces later.
-        self.route = RouteFinder(v6, bind)
-        self._anc: dict[tuple[int, bytes], list[tuple[int, int, bytes]]] = {}
 
     def source(self, dst: IPAddress) -> bytes:
         """The local address the kernel routes ``dst`` from (connecting sends nothing)."""
@@ -364,7 +394,128 @@ class _Family:
         return await self.raw.send(head + data, dst_str, [])
 
     def close(self) -> None:
+        # Normally the engine has closed the sockets already; when the *other* family was
+        # refused (and datagram mode may follow), this takes them back from the running engine.
+        self._owned.drop()
         self.route.close()
+
+
+class _Owned:
+    """The engine, remembering which sockets one family handed it (to take them back)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.socks: list[RawSocket] = []
+
+    def add_socket(self, sock: RawSocket, classify: Any) -> None:
+        self.socks.append(sock)
+        self.engine.add_socket(sock, classify)
+
+    def drop(self) -> None:
+        for sock in self.socks:
+            self.engine.remove_socket(sock)
+        self.socks.clear()
+
+
+class _DgramFamily:
+    """One family in datagram mode (no CAP_NET_RAW): UDP probes only, one ordinary UDP socket
+    per flow, ICMP errors read from each socket's error queue.
+
+    Nothing is opened per family but the route finder; flow sockets are opened by the trace
+    that needs them (:meth:`open_flow`) and handed back with :meth:`close_flow`.
+    """
+
+    dgram = True
+
+    def __init__(self, v6: bool, tracer: Tracer) -> None:
+        self.v6 = v6
+        self.bind = tracer.bind
+        self.engine = tracer._engine
+        try:
+            self.route = RouteFinder(v6, tracer.bind)
+        except OSError as e:
+            if e.errno in (errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT):
+                raise FamilyUnavailableError(
+                    e.errno, f"IPv{6 if v6 else 4} is not available on this host: {e.strerror}"
+                ) from None
+            raise
+        self._anc: dict[int, list[tuple[int, int, bytes]]] = {}
+        #: flow sockets currently open (all traces), for introspection and leak tests
+        self.open_flows = 0
+
+    def source(self, dst: IPAddress) -> bytes:
+        """The local address the kernel routes ``dst`` from (connecting sends nothing)."""
+        return self.route.source(dst)
+
+    def open_flow(self, src: bytes) -> tuple[RawSocket, int]:
+        """A new flow: a UDP socket with RECVERR bound to ``src`` and a port the kernel picks
+        (the flow id), its receive loop started on the engine. Binding the source pins it as
+        the raw mode's explicit source does (and a :class:`Bind` device still applies)."""
+        device = Bind(device=self.bind.device) if self.bind.device else None
+        sock = RawSocket(
+            self.v6,
+            socket.IPPROTO_UDP,
+            device,
+            kind=socket.SOCK_DGRAM,
+            rcvbuf=_FLOW_RCVBUF,
+            recverr=True,
+        )
+        try:
+            fam = socket.AF_INET6 if self.v6 else socket.AF_INET
+            try:
+                sock.sock.bind((socket.inet_ntop(fam, src), 0))
+            except OSError as e:
+                if e.errno != errno.EINVAL:  # a link-local source without its scope: let
+                    raise  # the kernel pick the source per packet, as for any UDP socket
+                sock.sock.bind(("::" if self.v6 else "0.0.0.0", 0))
+            port = sock.local_port()
+        except BaseException:
+            sock.close()
+            raise
+        self.engine.add_socket(sock, _queued_udp_classifier(self.v6, port))
+        self.open_flows += 1
+        return sock, port
+
+    def close_flow(self, sock: RawSocket) -> None:
+        """Stop the flow socket's receive loop and close it. Idempotent."""
+        if sock.fileno() != -1:
+            self.open_flows -= 1
+        self.engine.remove_socket(sock)
+
+    async def send_flow(
+        self, sock: RawSocket, data: bytes, dst_str: str, port: int, ttl: int
+    ) -> int:
+        """Send ``data`` on flow ``sock`` with ``ttl`` as ancillary data (never IP_TTL on the
+        socket, so no other probe's TTL can change). A pending error left by an ICMP error
+        (which the error queue also holds) fails a sendmsg without sending; retry then."""
+        anc = self._anc.get(ttl)
+        if anc is None:
+            anc = self._anc[ttl] = sock.ancillary(ttl=ttl)
+        for attempt in range(_SEND_ATTEMPTS):
+            try:
+                return await sock.send(data, dst_str, anc, port)  # waits out a full buffer
+            except OSError:
+                if attempt == _SEND_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        self.route.close()
+
+
+def _queued_udp_classifier(v6: bool, sport: int):  # type: ignore[no-untyped-def]
+    """The classifier of one datagram-mode flow socket: only its error queue matters (a
+    datagram the target sent back to our port is not an answer to a traceroute probe)."""
+
+    def classify(pkt: Packet) -> Any:
+        err = pkt.err
+        if err is None:
+            return None
+        return classify_queued_udp(
+            v6, err.origin, err.type, err.code, err.info, err.offender, pkt.src, sport, pkt.data
+        )
+
+    return classify
 
 
 def _icmp_classifier(v6: bool):  # type: ignore[no-untyped-def]
@@ -386,7 +537,12 @@ class _Session(Session):
     pushed in TTL order as each is settled."""
 
     def __init__(
-        self, tracer: Tracer, trace: Trace, target: IPAddress, fam: _Family, src: bytes
+        self,
+        tracer: Tracer,
+        trace: Trace,
+        target: IPAddress,
+        fam: _Family | _DgramFamily,
+        src: bytes,
     ) -> None:
         super().__init__()
         self.tracer = tracer
@@ -404,7 +560,16 @@ class _Session(Session):
         self.dport = trace.dport
         self.token = random.getrandbits(16)
         self.icmp_token = random.getrandbits(32).to_bytes(4, "big")
-        self.flow_base = tracer._alloc_flows(self.dst, self.proto, trace.max_flows)
+        #: datagram mode: flow n is the UDP socket flow_socks[n], its port flow_ports[n]
+        self.dgram = bool(getattr(fam, "dgram", False))
+        self.flow_socks: list[RawSocket] = []
+        self.flow_ports: list[int] = []
+        if self.dgram:
+            # The kernel hands each flow socket a port no other socket holds, and the socket
+            # (so its port) is kept until the keys are released: no block to reserve.
+            self.flow_base = 0
+        else:
+            self.flow_base = tracer._alloc_flows(self.dst, self.proto, trace.max_flows)
         self.hops: dict[int, _HopState] = {}
         #: The last hop, exactly: ``max_ttl`` until a terminal answer lowers it.
         self.horizon = trace.max_ttl
@@ -540,9 +705,11 @@ class _Session(Session):
         self.outstanding -= 1
         h = self._hop(probe.ttl)
         h.outstanding -= 1
-        addr = ipaddress.ip_address(packet.src)
+        # An error-queue entry comes "from" our destination and names the router as offender.
+        who = packet.src if event.addr is None else event.addr
+        addr = ipaddress.ip_address(who)
         rtt = max(packet.stamp_ns - probe.sent_ns, 0) / 1e9 if probe.sent_ns else None
-        reached = event.terminal and event.from_destination and packet.src == self.dst
+        reached = event.terminal and event.from_destination and who == self.dst
         mark = event.mark
         if event.terminal and not reached and not mark:
             mark = "!?"
@@ -636,7 +803,8 @@ class _Session(Session):
                 # every flow keeps its id at every TTL it is sent to (Paris).
                 flow = h.sent if h is not None else 0
                 self.flows_used = max(self.flows_used, flow + 1)
-                fid = self.flow_base + flow
+                # (datagram mode: the port of the flow's own socket, opened on first use)
+                fid = self._flow_port(flow) if self.dgram else self.flow_base + flow
                 pid = encode_pid(ttl)
                 key = (dst, proto, fid, pid)
                 probe = _Probe(flow, ttl)
@@ -650,32 +818,58 @@ class _Session(Session):
                 h.outstanding += 1
                 self.outstanding += 1
                 self.sent += 1
-                data = build_probe(
-                    proto,
-                    src,
-                    dst,
-                    fid,
-                    dport,
-                    pid,
-                    token=self.token,
-                    icmp_token=self.icmp_token,
-                    v6=v6,
-                )
                 try:
-                    probe.sent_ns = await fam.send(proto, src, dst, dst_str, ttl, pid, data)
+                    if self.dgram:
+                        probe.sent_ns = await fam.send_flow(  # type: ignore[union-attr]
+                            self.flow_socks[flow],
+                            build_dgram_payload(pid, self.token),
+                            dst_str,
+                            dport,
+                            ttl,
+                        )
+                    else:
+                        data = build_probe(
+                            proto,
+                            src,
+                            dst,
+                            fid,
+                            dport,
+                            pid,
+                            token=self.token,
+                            icmp_token=self.icmp_token,
+                            v6=v6,
+                        )
+                        probe.sent_ns = await fam.send(  # type: ignore[union-attr]
+                            proto, src, dst, dst_str, ttl, pid, data
+                        )
                 except OSError as e:
                     lease.release()
                     raise OSError(e.errno, f"cannot send to {dst_str}: {e.strerror}") from None
 
+    def _flow_port(self, flow: int) -> int:
+        """Datagram mode: the source port of flow ``flow``, opening its socket on first use
+        (flows are used in order, and at most ``max_flows`` of them)."""
+        while len(self.flow_socks) <= flow:
+            if len(self.flow_socks) >= self.trace.max_flows:
+                raise NetdiagError(f"flow {flow} beyond max_flows ({self.trace.max_flows})")
+            sock, port = self.fam.open_flow(self.src)  # type: ignore[union-attr]
+            self.flow_socks.append(sock)
+            self.flow_ports.append(port)
+        return self.flow_ports[flow]
+
     def close(self) -> None:
-        """Stop sending; keep the keys registered a while so stragglers count as late."""
+        """Stop sending; keep the keys registered (and, in datagram mode, the flow sockets
+        open) a while so stragglers count as late."""
         if self.closed:
             return
         self.closed = True
         super().close()
         linger = max(_LINGER, 2 * self.trace.expiry)
-        self.tracer._linger(self.leases, self.dst, self.proto, self.flow_base, linger)
+        socks = [(self.fam, s) for s in self.flow_socks]
+        base = None if self.dgram else self.flow_base
+        self.tracer._linger(self.leases, self.dst, self.proto, base, linger, socks)
         self.leases = []
+        self.flow_socks = []
 
 
 # -- the Tracer --------------------------------------------------------------------------------
@@ -688,10 +882,26 @@ class Tracer(Diagnostic):
     (missing privileges raise :class:`~netdiag.errors.PrivilegeError`); leaving cancels every
     trace still running. A family that cannot be opened does not stop the other: tracing a
     target of that family raises :class:`FamilyUnavailableError` saying why.
+
+    ``privileged``: ``None`` (default) uses raw sockets if permitted, else datagram mode (UDP
+    traces over ordinary UDP sockets, no CAP_NET_RAW needed; ICMP and TCP traces then raise
+    :class:`~netdiag.errors.PrivilegeError`); ``True`` raw sockets only; ``False`` datagram
+    mode only. :attr:`mode` says which was chosen once entered.
     """
 
-    def __init__(self, bind: Bind | None = None, *, rcvbuf: int = DEFAULT_RCVBUF) -> None:
+    def __init__(
+        self,
+        bind: Bind | None = None,
+        *,
+        privileged: bool | None = None,
+        rcvbuf: int = DEFAULT_RCVBUF,
+    ) -> None:
+        if privileged not in (None, True, False):
+            raise TypeError(f"privileged must be None, True or False, not {privileged!r}")
         super().__init__(bind, rcvbuf)
+        self.privileged = privileged
+        #: "raw" or "datagram" once entered: which kind of socket carries the probes.
+        self.mode: str | None = None
         self._blocks: dict[tuple[bytes, int], list[tuple[int, int]]] = {}
         self._cursor = random.randrange(0x10000)
         self._names: dict[IPAddress, str | None] = {}
@@ -705,8 +915,29 @@ class Tracer(Diagnostic):
         fam.close()
 
     def _open(self) -> None:
-        # Raw sockets already handed to the engine are closed by it; the route finder is ours.
-        self._families.open(lambda v6: _Family(v6, self), _Family.close)
+        """Raw sockets, or datagram mode when they are refused (or ``privileged=False``);
+        ``privileged=True`` never falls back."""
+        if self.privileged is not False:
+            try:
+                # Raw sockets already handed to the engine are closed by it; the route finder
+                # is ours.
+                self._families.open(lambda v6: _Family(v6, self), _Family.close)
+                self.mode = "raw"
+                return
+            except PrivilegeError:
+                if self.privileged:
+                    raise
+        self._families.open(lambda v6: _DgramFamily(v6, self), _DgramFamily.close)
+        self.mode = "datagram"
+
+    def _check_mode(self, trace: Trace) -> None:
+        if self.mode == "datagram" and trace.proto != "udp":
+            flag = "-I" if trace.proto == "icmp" else "-T"
+            raise PrivilegeError(
+                message=f"{trace.proto.upper()} traces ({flag}) need raw sockets, and raw "
+                f"sockets need CAP_NET_RAW: run as root (sudo), or grant it with `sudo setcap "
+                f"cap_net_raw+ep {os.path.realpath(sys.executable)}`; UDP traces work without it"
+            )
 
     # -- flow id blocks ----------------------------------------------------------------------
 
@@ -732,11 +963,22 @@ class Tracer(Diagnostic):
         raise NetdiagError(f"too many concurrent traces to one target ({len(used)})")
 
     def _linger(
-        self, leases: list[Lease], dst: bytes, proto: int, base: int, seconds: float
+        self,
+        leases: list[Lease],
+        dst: bytes,
+        proto: int,
+        base: int | None,
+        seconds: float,
+        socks: Sequence[tuple[Any, RawSocket]] = (),
     ) -> None:
         def free() -> None:
             for lease in leases:
                 lease.release()
+            # Datagram mode: the flow sockets (and so their ports) go with the keys.
+            for fam, sock in socks:
+                fam.close_flow(sock)
+            if base is None:
+                return
             used = self._blocks.get((dst, proto), [])
             for i, (b, _s) in enumerate(used):
                 if b == base:
@@ -812,14 +1054,18 @@ class Tracer(Diagnostic):
         )
 
     def prepare(self, trace: Trace) -> None:
-        """Nothing to open per trace (every socket is opened on entry); kept for symmetry with
-        the Pinger so CLIs can drop privileges after preparing."""
+        """Check ``trace`` can run here: nothing to open per trace in raw mode (every socket is
+        opened on entry; datagram mode opens ordinary UDP sockets, which need no privilege);
+        kept for symmetry with the Pinger so CLIs can drop privileges after preparing.
+        Raises :class:`~netdiag.errors.PrivilegeError` for ICMP/TCP traces in datagram mode."""
         if not isinstance(trace, Trace):
             raise TypeError(f"expected a netdiag.Trace, got {trace!r}")
+        self._check_mode(trace)
 
     async def _hops(self, trace: Trace, box: list[_Session] | None) -> AsyncIterator[Hop]:
         if not isinstance(trace, Trace):
             raise TypeError(f"expected a netdiag.Trace, got {trace!r}")
+        self._check_mode(trace)
         target = await resolve(trace.addr)
         fam = self._family(target.version == 6)
         src = fam.source(target)

@@ -3,7 +3,9 @@
 Flags follow traceroute where they exist: ``-I`` ICMP, ``-T`` TCP SYN, ``-U`` UDP (default),
 ``-p port``, ``-q N`` (N distinct flows per hop instead of the MDA rule), ``--mda [95|99]``,
 ``-m max_ttl``, ``-f first_ttl``, ``-w wait``, ``-N`` probes in flight, ``-n`` (no reverse DNS),
-``-4``/``-6``, ``-s source`` (address or interface), ``--json`` (one document at the end).
+``-4``/``-6``, ``-s source`` (address or interface), ``--json`` (one document at the end),
+``--unprivileged`` / ``--privileged`` (datagram mode only / raw sockets only; by default raw
+sockets if permitted, else datagram mode: UDP traces over ordinary UDP sockets, no CAP_NET_RAW).
 
 Text output is one line per hop, as traceroute prints it; several responders at one hop share
 the line, each followed by its RTTs (at most three shown) and, with more than one flow, how many
@@ -17,6 +19,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import cli
+from ..errors import PrivilegeError
 from ..resolve import resolve
 from . import Hop, Trace, Tracer
 
@@ -79,6 +82,20 @@ def parser() -> cli.Parser:
         help="probes in flight at once (default 32)",
     )
     p.add_argument("-n", dest="numeric", action="store_true", help="do not look up names")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--unprivileged",
+        dest="privileged",
+        action="store_false",
+        default=None,
+        help="UDP over ordinary UDP sockets and their error queues (no CAP_NET_RAW; UDP only)",
+    )
+    mode.add_argument(
+        "--privileged",
+        dest="privileged",
+        action="store_true",
+        help="use raw sockets only (default: raw if permitted, else the unprivileged mode)",
+    )
     cli.add_family(p)
     p.add_argument("-s", dest="source", help="source address or interface name")
     p.add_argument("--json", action="store_true", help="print one JSON document")
@@ -130,25 +147,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             dns_timeout=0.5,
         )
         hops: list[Hop] = []
-        async with Tracer(bind) as tracer:
-            tracer.prepare(trace)
-            cli.drop_privileges()
-            if not args.json:
-                what = f"{proto} port {trace.dport}" if proto != "icmp" else "icmp"
-                rule = f"{args.flows} flows/hop" if args.flows else f"MDA {args.mda}%"
-                print(
-                    f"traceroute to {args.host} ({addr}), {args.max_ttl} hops max, {what}, {rule}",
-                    flush=True,
-                )
-
-            async def run() -> None:
-                async for hop in tracer.trace(trace):
-                    hops.append(hop)
-                    if not args.json:
-                        print(hop_line(hop, args.numeric), flush=True)
-
-            await cli.until_interrupted(run)
+        refused: PrivilegeError | None = None
+        async with Tracer(bind, privileged=args.privileged) as tracer:
+            try:
+                tracer.prepare(trace)
+            except PrivilegeError as e:  # -I/-T in datagram mode: raised outside the nursery
+                refused = e
+            else:
+                await trace_with(tracer, trace, addr, hops)
             late = tracer.late
+            mode = tracer.mode
+        if refused is not None:
+            raise refused
         reached = any(h.reached for h in hops)
         if args.json:
             cli.print_json(
@@ -157,12 +167,32 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "host": args.host,
                     "protocol": proto,
                     "port": trace.dport if proto != "icmp" else None,
+                    "mode": mode,
                     "reached": reached,
                     "late": late,
                     "hops": [h.as_dict() for h in hops],
                 }
             )
         return cli.EXIT_OK if reached else cli.EXIT_FAIL
+
+    async def trace_with(tracer: Tracer, trace: Trace, addr: object, hops: list[Hop]) -> None:
+        cli.drop_privileges()
+        if not args.json:
+            what = f"{proto} port {trace.dport}" if proto != "icmp" else "icmp"
+            rule = f"{args.flows} flows/hop" if args.flows else f"MDA {args.mda}%"
+            how = ", unprivileged (UDP sockets)" if tracer.mode == "datagram" else ""
+            print(
+                f"traceroute to {args.host} ({addr}), {args.max_ttl} hops max, {what}, {rule}{how}",
+                flush=True,
+            )
+
+        async def run() -> None:
+            async for hop in tracer.trace(trace):
+                hops.append(hop)
+                if not args.json:
+                    print(hop_line(hop, args.numeric), flush=True)
+
+        await cli.until_interrupted(run)
 
     return cli.run(PROG, body)
 

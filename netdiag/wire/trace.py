@@ -25,6 +25,18 @@ IPv4 probes also carry ``pid`` in the IP identification field. The demux key of 
 ``(target, proto, flow field, pid)``: a reply is credited to a probe only if the quoted header
 (or, for echo replies and TCP answers, the reply itself) names exactly that probe.
 
+**Without raw sockets** (the Tracer's datagram mode) UDP probes leave through ordinary UDP
+sockets, one per flow: the socket's source port *is* the flow field, and the kernel computes the
+checksum, so the probe id cannot live there. It travels in the payload instead
+(:func:`build_dgram_payload`: probe id, per-trace token, marker), and ICMP errors come back
+through the socket's error queue (IP_RECVERR / IPV6_RECVERR) as ``sock_extended_err`` + offender
+address + *the quoted payload* of our datagram, which :func:`classify_queued_udp` turns into the
+same key and :class:`Reply` as the raw classifier. What survives: RFC 1812 routers (Linux among
+them) and every IPv6 router quote enough to carry the 4 identifying bytes; an IPv4 router quoting
+only the 8 bytes RFC 792 requires leaves no payload, and such an answer cannot be credited to a
+probe (it is ignored; the probe times out), where the raw mode, keeping the probe id in the UDP
+checksum, still matches it.
+
 **MDA.** :func:`mda_probes` is the stopping rule of the Multipath Detection Algorithm: having
 seen ``k`` next hops, send that many distinct flows before concluding there is no ``k+1``-th.
 """
@@ -44,6 +56,7 @@ from .icmp import (
     IcmpError,
     Unreach,
     build_echo,
+    error_from_queue,
     parse_delivered,
 )
 from .ip import IPHeader, parse_ipv4
@@ -51,6 +64,7 @@ from .tcp import ACK, RST, SYN, build_syn, parse_tcp
 from .udp import build_udp_paris
 
 __all__ = [
+    "DGRAM_MARKER",
     "ICMP_PAYLOAD",
     "MDA_95",
     "MDA_99",
@@ -62,12 +76,15 @@ __all__ = [
     "ProbeKey",
     "Reply",
     "ReplyKind",
+    "build_dgram_payload",
     "build_icmp_probe",
     "build_probe",
     "build_tcp_probe",
     "build_udp_probe",
     "classify_icmp",
+    "classify_queued_udp",
     "classify_tcp",
+    "decode_dgram_payload",
     "decode_pid",
     "encode_pid",
     "key_from_quote",
@@ -207,7 +224,10 @@ class Reply:
     problem. ``quote_ttl`` is the TTL left in the quoted header (how the probe arrived).
     ``token`` is what the reply says about the trace that sent the probe (the TCP sequence's
     high 16 bits, the 4 token bytes of an echo reply's payload, or as many of them as an ICMP
-    error quoting an echo probe holds); the session compares it.
+    error quoting an echo probe holds, or the token in a datagram-mode UDP payload); the
+    session compares it. ``addr`` is who answered when that is not the packet's source: an
+    error from a datagram socket's error queue arrives "from" our probe's destination, and
+    names the router that sent it as the offender.
     """
 
     kind: ReplyKind
@@ -217,6 +237,7 @@ class Reply:
     info: int = 0
     quote_ttl: int | None = None
     token: int | bytes | None = None
+    addr: bytes | None = None
 
     @property
     def from_destination(self) -> bool:
@@ -326,6 +347,84 @@ def classify_tcp(
         return None
     seq = (seg.ack - 1) & 0xFFFFFFFF
     return (src, PROTO_TCP, seg.dport, seq & 0xFFFF), Reply(kind, token=seq >> 16)
+
+
+# -- datagram mode (no raw sockets) -------------------------------------------------------------
+
+#: After the probe id and the token: a fixed marker, so stray payloads are not taken for ours.
+DGRAM_MARKER = b"NETDIAG-TR"
+_PID_TOKEN = struct.Struct("!HH")
+#: ``sock_extended_err.ee_origin`` of errors that came from the network
+SO_EE_ORIGIN_ICMP, SO_EE_ORIGIN_ICMP6 = 2, 3
+
+
+def build_dgram_payload(pid: int, token: int) -> bytes:
+    """The payload of a datagram-mode UDP probe: probe id, the trace's 16-bit token, marker.
+
+    The identifying 4 bytes come first because routers quote from the start: a quote of 12
+    bytes of UDP (4 of payload) is enough to credit the answer exactly.
+    """
+    if not 1 <= pid <= 0xFFFF:
+        raise ValueError(f"probe id must be in 1..65535, got {pid}")
+    return _PID_TOKEN.pack(pid, token & 0xFFFF) + DGRAM_MARKER
+
+
+def decode_dgram_payload(quoted: bytes) -> tuple[int, int] | None:
+    """``(pid, token)`` from the quoted payload of a datagram-mode probe, or ``None`` when the
+    quote is too short to hold them (a router that quoted 8 bytes of UDP: no payload at all),
+    carries a probe id no probe has (0, or a TTL of 0), or the marker bytes it holds are not
+    ours. A quote cut inside the marker is accepted as far as it goes."""
+    if len(quoted) < 4:
+        return None
+    pid, token = _PID_TOKEN.unpack_from(quoted)
+    if pid >> 8 == 0:
+        return None
+    tail = bytes(quoted[4 : 4 + len(DGRAM_MARKER)])
+    if DGRAM_MARKER[: len(tail)] != tail:
+        return None
+    return pid, token
+
+
+def classify_queued_udp(
+    v6: bool,
+    origin: int,
+    typ: int,
+    code: int,
+    info: int,
+    offender: bytes | None,
+    dst: bytes,
+    sport: int,
+    quoted: bytes,
+) -> tuple[ProbeKey, Reply] | None:
+    """Which datagram-mode UDP probe does an error-queue entry answer? ``None`` if none could.
+
+    The arguments are what ``recvmsg(MSG_ERRQUEUE)`` gives on the flow socket bound to
+    ``sport``: ``sock_extended_err``'s origin, type, code and info, the offender address (who
+    sent the ICMP error), the probe's destination (the message's address) and the quoted
+    payload. Only errors from the network count (origin ICMP / ICMPv6; local ones such as
+    EMSGSIZE name no router). The key has the raw mode's shape, ``(dst, 17, sport, pid)``, so
+    late/duplicate handling and the MDA are shared. Port unreachable (ICMP 3/3, ICMPv6 1/4;
+    the kernel reports it as ECONNREFUSED) from the destination ends the trace as arrival; the
+    other unreachables carry their ``!H !N !X ...`` marks. Never raises on any input.
+    """
+    if origin != (SO_EE_ORIGIN_ICMP6 if v6 else SO_EE_ORIGIN_ICMP):
+        return None
+    if offender is None or len(offender) != (16 if v6 else 4) or len(dst) != len(offender):
+        return None
+    if not 0 <= sport <= 0xFFFF:
+        return None
+    ids = decode_dgram_payload(quoted)
+    if ids is None:
+        return None
+    err = error_from_queue(v6, typ, code, info, dst, b"")
+    if err is None:
+        return None
+    kind = _KIND.get(err.kind)
+    if kind is None:
+        return None
+    pid, token = ids
+    reply = Reply(kind, err.type, err.code, err.unreach, err.info, None, token, bytes(offender))
+    return (bytes(dst), PROTO_UDP, sport, pid), reply
 
 
 # -- MDA -----------------------------------------------------------------------------------------
