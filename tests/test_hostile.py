@@ -837,7 +837,7 @@ DROP_CAP = ["setpriv", "--inh-caps=-net_raw", "--bounding-set=-net_raw"]
     [
         ["netdiag.ping", "--privileged", "-c", "1", "127.0.0.1"],
         ["netdiag.ping", "-c", "1", "127.0.0.1"],
-        ["netdiag.trace", "-n", "127.0.0.1"],
+        ["netdiag.trace", "-n", "-I", "127.0.0.1"],  # UDP traces need no raw socket
         ["netdiag.knock", "-c", "1", "127.0.0.1:9"],
     ],
     ids=["ping-raw", "ping-auto", "trace", "knock"],
