@@ -38,7 +38,7 @@ async def resolve(host: str | IPAddress, version: int | None = None) -> IPAddres
                 raise ResolveError(f"{host}: {msg}") from None
             if not infos:
                 raise ResolveError(f"{host}: no address") from None
-            addr = ipaddress.ip_address(infos[0][4][0].split("%", 1)[0])
+            addr = ipaddress.ip_address(str(infos[0][4][0]).split("%", 1)[0])
     if version is not None and addr.version != version:
         raise ResolveError(f"{host}: not an IPv{version} address")
     return addr

@@ -220,10 +220,9 @@ def _mass(args: argparse.Namespace, hosts: list[str], version: int | None, df: b
                         f"{a!s:<{width}} : xmt/rcv/%loss = "
                         f"{s.sent}/{s.received}/{s.loss * 100:.0f}%"
                     )
-                    if s.rtt.count:
-                        vals = "/".join(
-                            f"{v * 1000:.3f}" for v in (s.rtt.min, s.rtt.avg, s.rtt.max)
-                        )  # type: ignore[operator]
+                    r = s.rtt
+                    if r.min is not None and r.avg is not None and r.max is not None:
+                        vals = "/".join(f"{v * 1000:.3f}" for v in (r.min, r.avg, r.max))
                         line += f", min/avg/max = {vals}"
                     print(line)
             rate = sent / elapsed if elapsed > 0 else 0.0

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from .. import cli
 from ..errors import PrivilegeError
 from ..resolve import resolve
-from . import Hop, Trace, Tracer
+from . import Hop, Proto, Trace, Tracer
 
 PROG = "netdiag.trace"
 MAX_RTTS_SHOWN = 3
@@ -124,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.first_ttl > args.max_ttl:
         cli.fail(PROG, f"first TTL ({args.first_ttl}) exceeds max TTL ({args.max_ttl})")
-    proto = args.proto or "udp"
+    proto: Proto = args.proto or "udp"
     if proto == "icmp" and args.port is not None:
         cli.fail(PROG, "-p does not apply to ICMP (-I)")
     version = cli.family_of(args)
