@@ -33,7 +33,7 @@ from typing import Any, Protocol, Self
 
 import trio
 
-from .errors import KeyInUseError
+from .errors import KeyInUseError, PrivilegeError
 from .sock import Bind, Packet, PerFamily, RawSocket
 from .validate import check_int
 
@@ -492,16 +492,47 @@ class Diagnostic:
     for what else a family holds.
     """
 
-    def __init__(self, bind: Bind | None, rcvbuf: int) -> None:
+    #: what the fallback is called when neither raw nor datagram sockets are allowed
+    _unprivileged = "unprivileged mode"
+
+    def __init__(self, bind: Bind | None, rcvbuf: int, privileged: bool | None = True) -> None:
         if bind is not None and not isinstance(bind, Bind):
             raise TypeError(f"bind must be a netdiag.Bind, not {bind!r}")
+        if privileged not in (None, True, False):
+            raise TypeError(f"privileged must be None, True or False, not {privileged!r}")
         check_int("rcvbuf", rcvbuf, 1024, 1 << 30)  # bytes; the kernel doubles it
         self.bind = bind or Bind()
         self.rcvbuf = rcvbuf
+        self.privileged = privileged
+        #: "raw" or "datagram" once entered: which kind of socket carries the probes.
+        self.mode: str | None = None
         self._engine = Engine()
         self._families: PerFamily[Any] = PerFamily(type(self).__name__)
 
     def _open(self) -> None:
+        """Raw sockets, or the datagram mode when they are refused (or ``privileged=False``);
+        ``privileged=True`` never falls back. One policy for every object that has both."""
+        raw_error: PrivilegeError | None = None
+        if self.privileged is not False:
+            try:
+                self._open_mode(dgram=False)
+                self.mode = "raw"
+                return
+            except PrivilegeError as e:
+                if self.privileged:
+                    raise
+                raw_error = e
+        try:
+            self._open_mode(dgram=True)
+        except PrivilegeError as e:
+            if raw_error is None:
+                raise
+            msg = f"{raw_error}; or allow {self._unprivileged}: {e}"
+            raise PrivilegeError(message=msg) from None
+        self.mode = "datagram"
+
+    def _open_mode(self, dgram: bool) -> None:
+        """Open every family's sockets of one kind through ``self._families``."""
         raise NotImplementedError
 
     def _close_family(self, fam: Any) -> None:

@@ -393,37 +393,17 @@ class Pinger(Diagnostic):
         privileged: bool | None = None,
         rcvbuf: int = DEFAULT_RCVBUF,
     ) -> None:
-        if privileged not in (None, True, False):
-            raise TypeError(f"privileged must be None, True or False, not {privileged!r}")
-        super().__init__(bind, rcvbuf)
-        self.privileged = privileged
-        #: "raw" or "datagram" once entered: which kind of socket carries the pings.
-        self.mode: str | None = None
+        super().__init__(bind, rcvbuf, privileged)
         self._idents: dict[tuple[bytes, int], int] = {}
         self._next_ident = random.randrange(0x10000)
         #: replies whose identifier and sequence matched but whose token did not (another
         #: process's pings, or forgeries): never credited
         self.foreign = 0
 
-    def _open(self) -> None:
-        """Open raw sockets, or ICMP datagram sockets when raw ones are refused (or asked
-        for with ``privileged=False``). ``privileged=True`` never falls back."""
-        if self.privileged is False:
-            self._open_all(dgram=True)
-            return
-        try:
-            self._open_all(dgram=False)
-        except PrivilegeError as raw_error:
-            if self.privileged:
-                raise
-            try:
-                self._open_all(dgram=True)
-            except PrivilegeError as e:
-                raise PrivilegeError(
-                    message=f"{raw_error}; or allow unprivileged ping: {e}"
-                ) from None
+    _unprivileged = "unprivileged ping"
 
-    def _open_all(self, dgram: bool) -> None:
+    def _open_mode(self, dgram: bool) -> None:
+        """Raw ICMP sockets, or ICMP datagram ("ping") sockets."""
         def open_family(v6: bool) -> _Family:
             sock = self._new_socket(v6, dgram)
             fam = _Family(sock, v6, dgram)
@@ -432,7 +412,6 @@ class Pinger(Diagnostic):
             return fam
 
         self._families.open(open_family, lambda fam: fam.sock.close())
-        self.mode = "datagram" if dgram else "raw"
         for v6, fam in self._families.items():
             self._engine.add_socket(fam.sock, _classifier(v6, dgram))
 

@@ -896,12 +896,7 @@ class Tracer(Diagnostic):
         privileged: bool | None = None,
         rcvbuf: int = DEFAULT_RCVBUF,
     ) -> None:
-        if privileged not in (None, True, False):
-            raise TypeError(f"privileged must be None, True or False, not {privileged!r}")
-        super().__init__(bind, rcvbuf)
-        self.privileged = privileged
-        #: "raw" or "datagram" once entered: which kind of socket carries the probes.
-        self.mode: str | None = None
+        super().__init__(bind, rcvbuf, privileged)
         self._blocks: dict[tuple[bytes, int], list[tuple[int, int]]] = {}
         self._cursor = random.randrange(0x10000)
         self._names: dict[IPAddress, str | None] = {}
@@ -914,21 +909,13 @@ class Tracer(Diagnostic):
     def _close_family(self, fam: _Family) -> None:
         fam.close()
 
-    def _open(self) -> None:
-        """Raw sockets, or datagram mode when they are refused (or ``privileged=False``);
-        ``privileged=True`` never falls back."""
-        if self.privileged is not False:
-            try:
-                # Raw sockets already handed to the engine are closed by it; the route finder
-                # is ours.
-                self._families.open(lambda v6: _Family(v6, self), _Family.close)
-                self.mode = "raw"
-                return
-            except PrivilegeError:
-                if self.privileged:
-                    raise
-        self._families.open(lambda v6: _DgramFamily(v6, self), _DgramFamily.close)
-        self.mode = "datagram"
+    def _open_mode(self, dgram: bool) -> None:
+        """Raw sockets, or the datagram mode's UDP flow sockets. Raw sockets already handed to
+        the engine are closed by it; the route finder is ours."""
+        if dgram:
+            self._families.open(lambda v6: _DgramFamily(v6, self), _DgramFamily.close)
+        else:
+            self._families.open(lambda v6: _Family(v6, self), _Family.close)
 
     def _check_mode(self, trace: Trace) -> None:
         if self.mode == "datagram" and trace.proto != "udp":
