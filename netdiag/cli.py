@@ -31,6 +31,7 @@ __all__ = [
     "EXIT_USAGE",
     "Parser",
     "add_family",
+    "add_privilege",
     "add_schedule",
     "bind_for",
     "drop_privileges",
@@ -137,6 +138,17 @@ def add_schedule(p: argparse.ArgumentParser, noun: str, wait: str) -> None:
                    help=f"seconds between {noun} (default 1)")  # fmt: skip
     p.add_argument("-W", dest="timeout", type=seconds(0, 3600, "timeout", allow_zero=False),
                    default=2.0, help=f"seconds to wait {wait} (default 2)")  # fmt: skip
+
+
+def add_privilege(p: argparse.ArgumentParser, unprivileged: str) -> None:
+    """``--unprivileged`` / ``--privileged``: force the datagram mode (described by
+    ``unprivileged``) or raw sockets; by default raw if permitted, else the datagram mode."""
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--unprivileged", dest="privileged", action="store_false", default=None,
+                      help=unprivileged)  # fmt: skip
+    mode.add_argument("--privileged", dest="privileged", action="store_true",
+                      help="use raw sockets only (default: raw if permitted, else "
+                      "the unprivileged mode)")  # fmt: skip
 
 
 def add_family(p: argparse.ArgumentParser) -> None:

@@ -61,20 +61,7 @@ def parser() -> cli.Parser:
         help="path MTU discovery: do (never fragment), dont, want (kernel default)",
     )
     p.add_argument("-I", dest="source", help="source address or interface name")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument(
-        "--unprivileged",
-        dest="privileged",
-        action="store_false",
-        default=None,
-        help="use ICMP datagram sockets (no CAP_NET_RAW; needs ping_group_range)",
-    )
-    mode.add_argument(
-        "--privileged",
-        dest="privileged",
-        action="store_true",
-        help="use raw sockets only (default: raw if permitted, else datagram)",
-    )
+    cli.add_privilege(p, "use ICMP datagram sockets (no CAP_NET_RAW; needs ping_group_range)")
     cli.add_family(p)
     out = p.add_mutually_exclusive_group()
     out.add_argument("-q", dest="quiet", action="store_true", help="print only the summary")

@@ -82,19 +82,8 @@ def parser() -> cli.Parser:
         help="probes in flight at once (default 32)",
     )
     p.add_argument("-n", dest="numeric", action="store_true", help="do not look up names")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument(
-        "--unprivileged",
-        dest="privileged",
-        action="store_false",
-        default=None,
-        help="UDP over ordinary UDP sockets and their error queues (no CAP_NET_RAW; UDP only)",
-    )
-    mode.add_argument(
-        "--privileged",
-        dest="privileged",
-        action="store_true",
-        help="use raw sockets only (default: raw if permitted, else the unprivileged mode)",
+    cli.add_privilege(
+        p, "UDP over ordinary UDP sockets and their error queues (no CAP_NET_RAW; UDP only)"
     )
     cli.add_family(p)
     p.add_argument("-s", dest="source", help="source address or interface name")
