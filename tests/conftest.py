@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -138,3 +139,17 @@ def clean_lab(lab: Lab) -> Iterator[Lab]:
         yield lab
     finally:
         lab.reset()
+
+
+@pytest.fixture
+def dst_listener(lab: Lab) -> Iterator[int]:
+    """A dual-stack TCP listener in dst (it answers SYNs with SYN-ACKs); yields its port."""
+    with lab.enter("dst"):
+        s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.bind(("::", 0))
+    s.listen(128)
+    try:
+        yield s.getsockname()[1]
+    finally:
+        s.close()

@@ -30,19 +30,6 @@ from netdiag.wire.icmp import ErrorKind
 pytestmark = pytest.mark.lab
 
 
-@pytest.fixture
-def dst_listener(lab: Lab) -> Iterator[int]:
-    with lab.enter("dst"):
-        s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    s.bind(("::", 0))
-    s.listen(128)
-    try:
-        yield s.getsockname()[1]
-    finally:
-        s.close()
-
-
 # -- the target goes away, then comes back -----------------------------------------------------
 
 

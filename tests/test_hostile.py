@@ -40,7 +40,6 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -489,20 +488,6 @@ def _redirect6(quote: bytes) -> bytes:
 # --------------------------------------------------------------------------------------------
 
 COUNT = 30
-
-
-@pytest.fixture
-def dst_listener(lab: Lab) -> Iterator[int]:
-    """A dual-stack TCP listener in dst (SYN-ACK answers); yields its port."""
-    with lab.enter("dst"):
-        s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    s.bind(("::", 0))
-    s.listen(128)
-    try:
-        yield s.getsockname()[1]
-    finally:
-        s.close()
 
 
 def _stats_ok(name: str, engine_stats: object) -> None:
