@@ -8,6 +8,7 @@ per family and a demux table, and carries thousands of concurrent probes as asyn
             print(rtt)
 """
 
+from ._deprecated import deprecated_alias
 from .errors import (
     FamilyUnavailableError,
     KeyInUseError,
@@ -15,9 +16,10 @@ from .errors import (
     PrivilegeError,
     ResolveError,
 )
-from .knock import Knock, Knocker, KnockError, KnockResult, KnockStats
-from .ping import Ping, Pinger, PingError, PingResult, PingStats
+from .knock import Knock, Knocker, KnockResult, KnockStats
+from .ping import Ping, Pinger, PingResult, PingStats
 from .resolve import resolve
+from .results import ErrorReply
 from .sock import Bind
 from .stats import RttStats
 from .trace import Hop, Responder, Trace, TraceProbe, Tracer, TraceResult
@@ -26,17 +28,16 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Bind",
+    "ErrorReply",
     "FamilyUnavailableError",
     "Hop",
     "KeyInUseError",
     "Knock",
-    "KnockError",
     "KnockResult",
     "KnockStats",
     "Knocker",
     "NetdiagError",
     "Ping",
-    "PingError",
     "PingResult",
     "PingStats",
     "Pinger",
@@ -50,3 +51,5 @@ __all__ = [
     "Tracer",
     "resolve",
 ]
+
+__getattr__ = deprecated_alias(__name__, {"PingError": ErrorReply, "KnockError": ErrorReply})

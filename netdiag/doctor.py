@@ -11,12 +11,13 @@ import argparse
 import os
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from . import cli
 from .errors import FamilyUnavailableError, PrivilegeError
-from .sock import RawSocket
+from .sock import ProbeSocket
 
 PROG = "netdiag.doctor"
 CAP_NET_RAW = 13
@@ -32,17 +33,10 @@ class Check:
     detail: str = ""
 
 
-def _try(v6: bool, proto: int, kind: int = socket.SOCK_RAW) -> tuple[bool, str]:
-    # A UDP datagram socket is opened as the unprivileged Tracer opens its flow sockets: with
-    # the error queue on and a port bound, so "yes" means that mode really can run.
-    udp = kind == socket.SOCK_DGRAM and proto == socket.IPPROTO_UDP
+def _try(opener: Callable[[], ProbeSocket]) -> tuple[bool, str]:
+    """Open (and close at once) one socket exactly as a diagnostic would."""
     try:
-        s = RawSocket(v6, proto, None, kind=kind, receive=udp, recverr=udp)
-        if udp:
-            try:
-                s.sock.bind(("::" if v6 else "0.0.0.0", 0))
-            finally:
-                s.close()
+        s = opener()
     except PrivilegeError:
         return False, "permission denied"
     except FamilyUnavailableError as e:
@@ -76,23 +70,23 @@ def ping_group_range() -> tuple[int, int] | None:
 
 def run_checks() -> list[Check]:
     checks: list[Check] = []
+    udp, tcp = socket.IPPROTO_UDP, socket.IPPROTO_TCP
     for v6 in (False, True):
         fam = "IPv6" if v6 else "IPv4"
-        icmp = socket.IPPROTO_ICMPV6 if v6 else socket.IPPROTO_ICMP
-        rows = [
-            (f"raw ICMP ({fam})", "ping, trace -I, trace replies", icmp, socket.SOCK_RAW),
-            (f"raw UDP ({fam})", "trace -U (raw mode)", socket.IPPROTO_UDP, socket.SOCK_RAW),
-            (f"raw TCP ({fam})", "knock, trace -T", socket.IPPROTO_TCP, socket.SOCK_RAW),
-            (f"ICMP datagram ({fam})", "unprivileged ping", icmp, socket.SOCK_DGRAM),
-            (
-                f"UDP + RECVERR ({fam})",
-                "unprivileged trace -U (UDP only)",
-                socket.IPPROTO_UDP,
-                socket.SOCK_DGRAM,
-            ),
-        ]
-        for name, used_by, proto, kind in rows:
-            ok, detail = _try(v6, proto, kind)
+        rows: list[tuple[str, str, Callable[[], ProbeSocket]]] = [
+            (f"raw ICMP ({fam})", "ping, trace -I, trace replies",
+             partial(ProbeSocket.raw_icmp, v6, None, types=())),
+            (f"raw UDP ({fam})", "trace -U (raw mode)",
+             partial(ProbeSocket.raw_sender, v6, udp, None)),
+            (f"raw TCP ({fam})", "knock, trace -T",
+             partial(ProbeSocket.raw_transport, v6, tcp, None)),
+            (f"ICMP datagram ({fam})", "unprivileged ping",
+             partial(ProbeSocket.icmp_datagram, v6, None)),
+            (f"UDP + RECVERR ({fam})", "unprivileged trace -U (UDP only)",
+             partial(ProbeSocket.udp_flow, v6, None, None)),
+        ]  # fmt: skip
+        for name, used_by, opener in rows:
+            ok, detail = _try(opener)
             checks.append(Check(name, used_by, ok, detail))
     return checks
 

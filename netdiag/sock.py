@@ -31,14 +31,17 @@ from typing import Generic, TypeVar
 import trio
 
 from .errors import FamilyUnavailableError, PrivilegeError
+from .wire import cmsg
+from .wire.packet import ExtErr, Packet
 
 __all__ = [
+    "DEFAULT_RCVBUF",
     "Bind",
     "ExtErr",
     "IPAddress",
     "Packet",
     "PerFamily",
-    "RawSocket",
+    "ProbeSocket",
     "RouteFinder",
     "parse_address",
     "reserve_tcp_port",
@@ -48,40 +51,30 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 T = TypeVar("T")
 
 # Linux constants the socket module does not export on every Python version.
-SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
-SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
 IP_RECVTTL = getattr(socket, "IP_RECVTTL", 12)
-IP_TTL = socket.IP_TTL
-IP_TOS = socket.IP_TOS
-IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
 IP_PMTUDISC_DONT, IP_PMTUDISC_DO = 0, 2
-IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
-IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)
 IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
-IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
 IPV6_RECVHOPLIMIT = getattr(socket, "IPV6_RECVHOPLIMIT", 51)
-IPV6_HOPLIMIT = getattr(socket, "IPV6_HOPLIMIT", 52)
-IPV6_TCLASS = getattr(socket, "IPV6_TCLASS", 67)
-IPV6_DONTFRAG = getattr(socket, "IPV6_DONTFRAG", 62)
 IPV6_CHECKSUM = getattr(socket, "IPV6_CHECKSUM", 7)
 SOL_RAW = getattr(socket, "SOL_RAW", 255)
-ICMP_FILTER = 1
-ICMP6_FILTER = 1
+ICMP_FILTER = 1  # <linux/icmp.h>, on SOL_RAW
+ICMP6_FILTER = 1  # <netinet/icmp6.h>, on IPPROTO_ICMPV6
 
 _MSG_TRUNC = int(socket.MSG_TRUNC)  # a plain int: enum arithmetic costs ~1 µs per packet
-_SOL_SOCKET = int(socket.SOL_SOCKET)
 _AF_INET6 = int(socket.AF_INET6)
 _AF_INET = int(socket.AF_INET)
-_TIMESPEC = struct.Struct("@qq")
-_EE = struct.Struct("@IBBBBII")  # struct sock_extended_err
-_RECVERR_CMSGS = {(socket.IPPROTO_IP, IP_RECVERR), (socket.IPPROTO_IPV6, IPV6_RECVERR)}
-_INT = struct.Struct("@i")
-_U32 = struct.Struct("@I")
 _RECV_BUF = 65536 + 256
 _ANC_BUF = 512
+#: Attempts per send on a socket with the error queue on: an ICMP error that reached it also
+#: sets its pending socket error, which the *next* sendmsg reports (and clears) instead of
+#: sending.
+_RECVERR_SEND_ATTEMPTS = 3
+#: Receive buffer of a datagram-mode trace flow socket: it only queues the errors of that
+#: flow's probes in flight, so the raw sockets' megabytes are not needed.
+FLOW_RCVBUF = 256 << 10
 
 #: Default receive buffer: room for tens of thousands of small replies arriving in a burst, the
 #: failure mode multiping users hit with the kernel's ~200 KB default.
@@ -140,56 +133,24 @@ class Bind:
         return self.v6 if v6 else self.v4
 
 
-@dataclass(slots=True)
-class Packet:
-    """One received datagram with what the kernel told us about it.
-
-    ``src`` and ``dst`` are packed addresses (4 or 16 bytes); ``dst`` is known for IPv6 through
-    IPV6_PKTINFO and for IPv4 from the IP header (raw sockets) or IP_PKTINFO. ``ttl`` is the
-    received TTL or hop limit when the kernel reported it. ``stamp_ns`` is the kernel receive time
-    (CLOCK_REALTIME nanoseconds), or our own reading of that clock if the kernel gave none.
-    ``port`` is the source port the socket reported (0 for raw sockets). ``drops`` is the
-    kernel's running count of datagrams this socket lost to a full receive buffer, as of this
-    one (SO_RXQ_OVFL; 0 until the first loss).
-    """
-
-    data: bytes
-    src: bytes
-    dst: bytes | None
-    ttl: int | None
-    stamp_ns: int
-    kernel_stamp: bool
-    port: int = 0
-    truncated: bool = False
-    err: ExtErr | None = None
-    drops: int = 0
+def _icmp_proto(v6: bool) -> int:
+    return socket.IPPROTO_ICMPV6 if v6 else socket.IPPROTO_ICMP
 
 
-@dataclass(frozen=True, slots=True)
-class ExtErr:
-    """An ICMP error the kernel queued on a datagram socket (IP_RECVERR / IPV6_RECVERR).
+class ProbeSocket:
+    """One socket of one family, non-blocking, opened as one of the few kinds the diagnostics
+    use -- each a named constructor, so no caller combines mode flags by hand:
 
-    Datagram sockets (ICMP "ping" sockets, UDP) never see ICMP errors as packets; with RECVERR
-    the kernel parses the error and queues ``struct sock_extended_err`` plus the quoted
-    payload of our packet on the socket's error queue. ``origin`` is 2 (ICMP) or 3 (ICMPv6)
-    for errors from the network, 1 for local ones (EMSGSIZE ...). ``offender`` is the packed
-    address of the router or host that sent the error. The :class:`Packet` carrying it has
-    ``data`` = our packet's quoted payload and ``src``/``port`` = the original destination.
-    """
+    ========================== ====================================================
+    :meth:`raw_icmp`           raw ICMP/ICMPv6: send echo requests, hear replies and errors
+    :meth:`raw_transport`      raw TCP (knock, trace -T): send SYNs, hear SYN-ACK / RST
+    :meth:`raw_sender`         a send-only raw socket (IPv6 UDP probes, IPv4 DF siblings)
+    :meth:`ipv4_header_sender` IPPROTO_RAW with IP_HDRINCL: we write the IPv4 header
+    :meth:`icmp_datagram`      unprivileged ICMP "ping" socket, errors via the error queue
+    :meth:`udp_flow`           ordinary UDP bound to a source, errors via the error queue
+    ========================== ====================================================
 
-    errno: int
-    origin: int
-    type: int
-    code: int
-    info: int
-    offender: bytes | None
-
-
-class RawSocket:
-    """One socket of one family, non-blocking, with the options every diagnostic wants.
-
-    ``kind`` is ``SOCK_RAW`` (the default) or ``SOCK_DGRAM`` (unprivileged ICMP "ping"
-    sockets, and UDP). Opening raises :class:`PrivilegeError` on EPERM/EACCES and
+    Opening raises :class:`PrivilegeError` on EPERM/EACCES and
     :class:`FamilyUnavailableError` when the family is not supported on this host.
     """
 
@@ -197,121 +158,231 @@ class RawSocket:
     #: reported; the engine turns increases into a counter and a warning.
     drops: int = 0
 
-    def __init__(
-        self,
-        v6: bool,
-        proto: int,
-        bind: Bind | None = None,
-        *,
-        kind: int = socket.SOCK_RAW,
-        icmp_types: Iterable[int] | None = None,
-        rcvbuf: int = DEFAULT_RCVBUF,
-        checksum_offset: int | None = None,
-        hdrincl: bool = False,
-        receive: bool = True,
-        pmtudisc: int | None = None,
-        recverr: bool = False,
-    ) -> None:
+    def __init__(self, v6: bool, kind: int, proto: int, what: str) -> None:
+        """Open the bare socket; use the named constructors instead."""
         self.v6 = v6
-        self.recverr = recverr
-        self.proto = proto
         self.kind = kind
+        self.proto = proto
+        #: whether ICMP errors arrive on the error queue (datagram sockets)
+        self.recverr = False
+        #: raw IPv4 sockets deliver the IP header first
+        self.raw4 = not v6 and kind == socket.SOCK_RAW
+        self._attempts = 1
         family = socket.AF_INET6 if v6 else socket.AF_INET
         try:
-            sock = socket.socket(family, kind, proto)
+            self._sock = socket.socket(family, kind, proto)
         except PermissionError:
-            raise PrivilegeError(
-                "raw sockets" if kind == socket.SOCK_RAW else "ICMP datagram sockets"
-            ) from None
+            raise PrivilegeError(what) from None
         except OSError as e:
             if e.errno in (errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT, errno.ESOCKTNOSUPPORT):
                 raise FamilyUnavailableError(
                     e.errno, f"IPv{6 if v6 else 4} is not available on this host: {e.strerror}"
                 ) from None
             if e.errno == errno.EACCES:
-                raise PrivilegeError("ICMP datagram sockets") from None
+                raise PrivilegeError(what) from None
             raise
-        self.sock = sock
-        try:
-            self._setup(bind, icmp_types, rcvbuf, checksum_offset, hdrincl, receive, pmtudisc)
-            if recverr:
-                if v6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
-                else:
-                    sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
-        except BaseException:
-            sock.close()
-            raise
+        self._sock.setblocking(False)
         self._closed = False
 
-    def _setup(
-        self,
+    # -- the kinds -------------------------------------------------------------------------
+
+    @classmethod
+    def raw_icmp(
+        cls, v6: bool, bind: Bind | None, *, types: Iterable[int], rcvbuf: int = DEFAULT_RCVBUF
+    ) -> ProbeSocket:
+        """Raw ICMP (IPv4) or ICMPv6: only ``types`` reach us (the kernel drops the rest)."""
+        allowed = frozenset(types)
+
+        def setup(s: ProbeSocket) -> None:
+            s._bind(bind)
+            s._receiving(rcvbuf)
+            s._icmp_filter(allowed)
+
+        return cls._build(setup, v6, socket.SOCK_RAW, _icmp_proto(v6), "raw sockets")
+
+    @classmethod
+    def raw_transport(
+        cls,
+        v6: bool,
+        proto: int,
         bind: Bind | None,
-        icmp_types: Iterable[int] | None,
-        rcvbuf: int,
-        checksum_offset: int | None,
-        hdrincl: bool,
-        receive: bool,
-        pmtudisc: int | None,
-    ) -> None:
-        s = self.sock
-        s.setblocking(False)
-        if bind is not None and bind.device:
+        *,
+        rcvbuf: int = DEFAULT_RCVBUF,
+        checksum_offset: int | None = None,
+    ) -> ProbeSocket:
+        """Raw TCP or UDP that also receives; ``checksum_offset`` (IPv6) makes the kernel fill
+        the transport checksum at that offset (IPV6_CHECKSUM)."""
+
+        def setup(s: ProbeSocket) -> None:
+            s._bind(bind)
+            s._receiving(rcvbuf)
+            s._checksum(checksum_offset)
+
+        return cls._build(setup, v6, socket.SOCK_RAW, proto, "raw sockets")
+
+    @classmethod
+    def raw_sender(
+        cls,
+        v6: bool,
+        proto: int,
+        bind: Bind | None,
+        *,
+        checksum_offset: int | None = None,
+        pmtudisc: int | None = None,
+    ) -> ProbeSocket:
+        """A send-only raw socket: it receives nothing (a tiny buffer that never fills, and no
+        ICMP type passes its filter), so another socket of the object hears the replies."""
+
+        def setup(s: ProbeSocket) -> None:
+            s._bind(bind)
+            s._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256)
+            if proto in (socket.IPPROTO_ICMP, socket.IPPROTO_ICMPV6):
+                s._icmp_filter(frozenset())
+            s._checksum(checksum_offset)
+            s._pmtudisc(pmtudisc)
+
+        return cls._build(setup, v6, socket.SOCK_RAW, proto, "raw sockets")
+
+    @classmethod
+    def ipv4_header_sender(cls, bind: Bind | None) -> ProbeSocket:
+        """IPPROTO_RAW with IP_HDRINCL: every probe carries the IPv4 header we built, so its
+        TTL and identification are per packet and nothing socket-wide can race."""
+
+        def setup(s: ProbeSocket) -> None:
+            s._bind(bind)
+            s._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256)
+            s._sock.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1)
+
+        return cls._build(setup, False, socket.SOCK_RAW, socket.IPPROTO_RAW, "raw sockets")
+
+    @classmethod
+    def icmp_datagram(
+        cls,
+        v6: bool,
+        bind: Bind | None,
+        *,
+        rcvbuf: int = DEFAULT_RCVBUF,
+        pmtudisc: int | None = None,
+    ) -> ProbeSocket:
+        """An unprivileged ICMP "ping" socket (needs the group in ping_group_range). It is
+        bound at once so the kernel picks its echo identifier (:meth:`local_port`); ICMP errors
+        arrive through its error queue."""
+
+        def setup(s: ProbeSocket) -> None:
+            s._bind(bind)
+            s._receiving(rcvbuf)
+            s._recverr()
+            s._pmtudisc(pmtudisc)
+            if bind is None or bind.for_family(v6) is None:
+                s._sock.bind(("::" if v6 else "0.0.0.0", 0))
+
+        return cls._build(setup, v6, socket.SOCK_DGRAM, _icmp_proto(v6), "ICMP datagram sockets")
+
+    @classmethod
+    def udp_flow(
+        cls, v6: bool, src: bytes | None, device: str | None, *, rcvbuf: int = FLOW_RCVBUF
+    ) -> ProbeSocket:
+        """An ordinary UDP socket with the error queue on, bound to ``src`` (packed; ``None``:
+        any) and a port the kernel picks (:meth:`local_port`) -- one trace flow without raw
+        sockets. A link-local ``src`` without its scope cannot be bound: the kernel then picks
+        the source per packet, as for any UDP socket."""
+
+        def setup(s: ProbeSocket) -> None:
+            s._bind(Bind(device=device) if device else None)
+            s._receiving(rcvbuf)
+            s._recverr()
+            any_addr = "::" if v6 else "0.0.0.0"
+            host = socket.inet_ntop(_AF_INET6 if v6 else _AF_INET, src) if src else any_addr
+            try:
+                s._sock.bind((host, 0))
+            except OSError as e:
+                if e.errno != errno.EINVAL or host == any_addr:
+                    raise
+                s._sock.bind((any_addr, 0))
+
+        return cls._build(setup, v6, socket.SOCK_DGRAM, socket.IPPROTO_UDP, "UDP sockets")
+
+    @classmethod
+    def _build(
+        cls, setup: Callable[[ProbeSocket], object], v6: bool, kind: int, proto: int, what: str
+    ) -> ProbeSocket:
+        s = cls(v6, kind, proto, what)
+        try:
+            setup(s)
+        except BaseException:
+            s._sock.close()
+            raise
+        return s
+
+    # -- option groups ---------------------------------------------------------------------
+
+    def _bind(self, bind: Bind | None) -> None:
+        s = self._sock
+        if bind is None:
+            return
+        if bind.device:
             try:
                 s.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, bind.device.encode())
             except OSError as e:
                 msg = f"cannot bind to interface {bind.device!r}: {e.strerror}"
                 raise OSError(e.errno, msg) from None
-        addr = bind.for_family(self.v6) if bind is not None else None
+        addr = bind.for_family(self.v6)
         if addr is not None:
             try:
                 s.bind((str(addr), 0))
             except OSError as e:
                 raise OSError(e.errno, f"cannot bind to {addr}: {e.strerror}") from None
-        if not receive:
-            # A send-only socket: make it receive nothing so it never fills up.
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256)
-            icmp_types = ()
-        else:
-            try:
-                s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
-            except OSError:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-            s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-            # Have the kernel tell us how many datagrams a full buffer cost (a cmsg on each
-            # packet once any was lost), so overload shows up as counted loss, not mystery.
-            with contextlib.suppress(OSError):
-                s.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
-            if self.v6:
-                s.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVHOPLIMIT, 1)
-                s.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
-            else:
-                s.setsockopt(socket.IPPROTO_IP, IP_RECVTTL, 1)
-                if self.kind != socket.SOCK_RAW:
-                    s.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
-        if icmp_types is not None and self.kind == socket.SOCK_RAW:
-            self._set_icmp_filter(frozenset(icmp_types))
-        if checksum_offset is not None:
-            s.setsockopt(socket.IPPROTO_IPV6, IPV6_CHECKSUM, checksum_offset)
-        if hdrincl:
-            s.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1)
-        if pmtudisc is not None and not self.v6:
-            s.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, pmtudisc)
 
-    def _set_icmp_filter(self, allowed: frozenset[int]) -> None:
+    def _receiving(self, rcvbuf: int) -> None:
+        """A big buffer, kernel timestamps, drop counts, reply TTL and local address."""
+        s = self._sock
+        try:
+            s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
+        except OSError:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        s.setsockopt(socket.SOL_SOCKET, cmsg.SO_TIMESTAMPNS, 1)
+        # Have the kernel tell us how many datagrams a full buffer cost (a cmsg on each
+        # packet once any was lost), so overload shows up as counted loss, not mystery.
+        with contextlib.suppress(OSError):
+            s.setsockopt(socket.SOL_SOCKET, cmsg.SO_RXQ_OVFL, 1)
+        if self.v6:
+            s.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVHOPLIMIT, 1)
+            s.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
+        else:
+            s.setsockopt(socket.IPPROTO_IP, IP_RECVTTL, 1)
+            if self.kind != socket.SOCK_RAW:
+                s.setsockopt(socket.IPPROTO_IP, cmsg.IP_PKTINFO, 1)
+
+    def _recverr(self) -> None:
+        if self.v6:
+            self._sock.setsockopt(socket.IPPROTO_IPV6, cmsg.IPV6_RECVERR, 1)
+        else:
+            self._sock.setsockopt(socket.IPPROTO_IP, cmsg.IP_RECVERR, 1)
+        self.recverr = True
+        self._attempts = _RECVERR_SEND_ATTEMPTS
+
+    def _icmp_filter(self, allowed: frozenset[int]) -> None:
         """Let only ``allowed`` ICMP types reach this socket, so the kernel drops the rest
         before they wake us (ICMP_FILTER / ICMP6_FILTER: a set bit blocks that type)."""
-        if self.v6 and self.proto == socket.IPPROTO_ICMPV6:
+        if self.v6:
             words = [0xFFFFFFFF] * 8
             for t in allowed:
                 words[t >> 5] &= ~(1 << (t & 31))
-            self.sock.setsockopt(socket.IPPROTO_ICMPV6, ICMP6_FILTER, struct.pack("@8I", *words))
-        elif not self.v6 and self.proto == socket.IPPROTO_ICMP:
+            self._sock.setsockopt(socket.IPPROTO_ICMPV6, ICMP6_FILTER, struct.pack("@8I", *words))
+        else:
             mask = 0xFFFFFFFF
             for t in allowed:
                 if t < 32:
                     mask &= ~(1 << t)
-            self.sock.setsockopt(SOL_RAW, ICMP_FILTER, struct.pack("@I", mask))
+            self._sock.setsockopt(SOL_RAW, ICMP_FILTER, struct.pack("@I", mask))
+
+    def _checksum(self, offset: int | None) -> None:
+        if offset is not None:
+            self._sock.setsockopt(socket.IPPROTO_IPV6, IPV6_CHECKSUM, offset)
+
+    def _pmtudisc(self, mode: int | None) -> None:
+        if mode is not None and not self.v6:
+            self._sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, mode)
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -321,54 +392,46 @@ class RawSocket:
         tos: int | None = None,
         src: bytes | None = None,
         dontfrag: bool | None = None,
-    ) -> list[tuple[int, int, bytes]]:
-        """The ``sendmsg`` ancillary data for per-packet TTL/hop limit, TOS/traffic class,
-        IPv6 source address and IPv6 don't-fragment. Built once per probe shape and reusable."""
-        anc: list[tuple[int, int, bytes]] = []
-        if self.v6:
-            if ttl is not None:
-                anc.append((socket.IPPROTO_IPV6, IPV6_HOPLIMIT, _INT.pack(ttl)))
-            if tos is not None:
-                anc.append((socket.IPPROTO_IPV6, IPV6_TCLASS, _INT.pack(tos)))
-            if src is not None:
-                anc.append((socket.IPPROTO_IPV6, IPV6_PKTINFO, src + b"\x00\x00\x00\x00"))
-            if dontfrag is not None:
-                anc.append((socket.IPPROTO_IPV6, IPV6_DONTFRAG, _INT.pack(int(dontfrag))))
-        else:
-            if ttl is not None:
-                anc.append((socket.IPPROTO_IP, IP_TTL, _INT.pack(ttl)))
-            if tos is not None:
-                anc.append((socket.IPPROTO_IP, IP_TOS, bytes([tos])))
-        return anc
+    ) -> list[cmsg.Cmsg]:
+        """This family's ``sendmsg`` ancillary data; see :func:`netdiag.wire.cmsg.encode`."""
+        return cmsg.encode(self.v6, ttl, tos, src, dontfrag)
 
-    def send_nowait(
-        self, data: bytes, dst: str, anc: list[tuple[int, int, bytes]], port: int = 0
-    ) -> int:
+    def send_nowait(self, data: bytes, dst: str, anc: list[cmsg.Cmsg], port: int = 0) -> int:
         """Send one datagram now; return the CLOCK_REALTIME nanoseconds read just before.
 
         Raises ``BlockingIOError`` when the send buffer is full (callers that may wait use
         :meth:`send`). The time is read *before* the syscall because on loopback the reply can
-        be received, and kernel-stamped, before ``sendmsg`` even returns.
+        be received, and kernel-stamped, before ``sendmsg`` even returns. On a socket with the
+        error queue on, a send refused because of a pending error left by an earlier ICMP
+        error is retried (the error itself reaches us through the queue).
         """
         addr = (dst, port, 0, 0) if self.v6 else (dst, port)
-        t = time.time_ns()
-        self.sock.sendmsg((data,), anc, 0, addr)
-        return t
+        sendmsg = self._sock.sendmsg
+        for attempt in range(self._attempts):
+            t = time.time_ns()
+            try:
+                sendmsg((data,), anc, 0, addr)
+            except BlockingIOError:
+                raise
+            except OSError:
+                if attempt == self._attempts - 1:
+                    raise
+                continue
+            return t
+        raise AssertionError("unreachable")
 
-    async def send(
-        self, data: bytes, dst: str, anc: list[tuple[int, int, bytes]], port: int = 0
-    ) -> int:
+    async def send(self, data: bytes, dst: str, anc: list[cmsg.Cmsg], port: int = 0) -> int:
         """Send one datagram, waiting for buffer space if needed; see :meth:`send_nowait`."""
         while True:
             try:
                 return self.send_nowait(data, dst, anc, port)
             except BlockingIOError:
-                await trio.lowlevel.wait_writable(self.sock)
+                await trio.lowlevel.wait_writable(self._sock)
 
     # -- receiving -------------------------------------------------------------------------
 
     async def wait_readable(self) -> None:
-        await trio.lowlevel.wait_readable(self.sock)
+        await trio.lowlevel.wait_readable(self._sock)
 
     def recv_batch(self, limit: int = 512) -> tuple[list[Packet], OSError | None]:
         """Drain up to ``limit`` datagrams without blocking.
@@ -378,7 +441,7 @@ class RawSocket:
         """
         out: list[Packet] = []
         buf = bytearray(_RECV_BUF)
-        recv = self.sock.recvmsg_into
+        recv = self._sock.recvmsg_into
         v6 = self.v6
         if self.recverr:
             # Drain the error queue first: while it holds anything, epoll keeps reporting
@@ -391,11 +454,11 @@ class RawSocket:
                 except OSError as e:
                     return out, e
                 try:
-                    out.append(_make_packet(bytes(buf[:n]), anc, flags, addr, v6))
+                    out.append(_make_packet(bytes(buf[:n]), anc, flags, addr, v6, False))
                 except (ValueError, struct.error, OSError):
                     continue
         err: OSError | None = None
-        raw4 = not v6 and self.kind == socket.SOCK_RAW
+        raw4 = self.raw4
         for _ in range(limit):
             try:
                 n, anc, flags, addr = recv([buf], _ANC_BUF)
@@ -415,59 +478,28 @@ class RawSocket:
         return out, err
 
     def local_port(self) -> int:
-        return self.sock.getsockname()[1]
+        """The bound port: a UDP flow's source port, an ICMP datagram socket's identifier."""
+        return int(self._sock.getsockname()[1])
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
             with contextlib.suppress(Exception):
-                trio.lowlevel.notify_closing(self.sock)
-            self.sock.close()
+                trio.lowlevel.notify_closing(self._sock)
+            self._sock.close()
 
     def fileno(self) -> int:
-        return self.sock.fileno()
+        return self._sock.fileno()
 
 
 def _make_packet(
-    data: bytes,
-    anc: list[tuple[int, int, bytes]],
-    flags: int,
-    addr: tuple,
-    v6: bool,
-    raw4: bool = False,
+    data: bytes, anc: list[cmsg.Cmsg], flags: int, addr: tuple, v6: bool, raw4: bool
 ) -> Packet:
-    stamp = 0
-    ttl: int | None = None
-    dst: bytes | None = None
-    err: ExtErr | None = None
-    drops = 0
-    for level, typ, cdata in anc:
-        if level == _SOL_SOCKET and typ == SO_TIMESTAMPNS and len(cdata) >= 16:
-            sec, nsec = _TIMESPEC.unpack_from(cdata)
-            stamp = sec * 1_000_000_000 + nsec
-        elif level == _SOL_SOCKET and typ == SO_RXQ_OVFL and len(cdata) >= 4:
-            drops = _U32.unpack_from(cdata)[0]
-        elif (level, typ) in _RECVERR_CMSGS and len(cdata) >= 16:
-            e_errno, origin, etype, ecode, _pad, info, _data = _EE.unpack_from(cdata)
-            offender = None
-            rest = cdata[16:]
-            if len(rest) >= 8:
-                family = struct.unpack_from("@H", rest)[0]
-                if family == socket.AF_INET:
-                    offender = bytes(rest[4:8])
-                elif family == socket.AF_INET6 and len(rest) >= 24:
-                    offender = bytes(rest[8:24])
-            err = ExtErr(e_errno, origin, etype, ecode, info, offender)
-        elif level == socket.IPPROTO_IP:
-            if typ == IP_TTL and cdata:
-                ttl = _INT.unpack_from(cdata)[0] if len(cdata) >= 4 else cdata[0]
-            elif typ == IP_PKTINFO and len(cdata) >= 12:
-                dst = bytes(cdata[8:12])
-        elif level == socket.IPPROTO_IPV6:
-            if typ == IPV6_HOPLIMIT and len(cdata) >= 4:
-                ttl = _INT.unpack_from(cdata)[0]
-            elif typ == IPV6_PKTINFO and len(cdata) >= 16:
-                dst = bytes(cdata[:16])
+    stamp, ttl, dst, err, drops = cmsg.decode(anc)
     kernel = stamp != 0
     if not kernel:
         stamp = time.time_ns()

@@ -98,7 +98,7 @@ def test_cli_bad_input_is_one_line_exit_2_and_opens_no_socket(
         opened.append(a)
         raise _SocketOpened
 
-    monkeypatch.setattr(nsock.RawSocket, "__init__", spy)
+    monkeypatch.setattr(nsock.ProbeSocket, "__init__", spy)
     mod = importlib.import_module(MODULES[tool])
     with pytest.raises(SystemExit) as exc:
         mod.main(args)

@@ -16,7 +16,7 @@ import trio.testing
 
 from netdiag.engine import Engine, Lease
 from netdiag.errors import KeyInUseError
-from netdiag.sock import Packet, RawSocket
+from netdiag.sock import Packet, ProbeSocket
 
 
 class Recorder:
@@ -33,20 +33,11 @@ class Recorder:
         self.events.append(("expire", lease.key, True))
 
 
-def udp_rawsocket() -> tuple[RawSocket, socket.socket]:
-    """A RawSocket wrapping an ordinary UDP socket (no privileges needed), and a sender."""
-    rs = RawSocket.__new__(RawSocket)
-    rs.v6 = False
-    rs.proto = socket.IPPROTO_UDP
-    rs.kind = socket.SOCK_DGRAM
-    rs._closed = False
-    rs.recverr = False
-    rs.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    rs.sock.bind(("127.0.0.1", 0))
-    rs.sock.setblocking(False)
-    rs.sock.setsockopt(socket.SOL_SOCKET, 35, 1)  # SO_TIMESTAMPNS
+def udp_rawsocket() -> tuple[ProbeSocket, socket.socket]:
+    """A ProbeSocket on an ordinary UDP socket (no privileges needed), and a sender to it."""
+    rs = ProbeSocket.udp_flow(False, bytes([127, 0, 0, 1]), None)
     tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    tx.connect(rs.sock.getsockname())
+    tx.connect(("127.0.0.1", rs.local_port()))
     return rs, tx
 
 
@@ -168,7 +159,7 @@ async def test_engine_closes_its_sockets() -> None:
     rs, tx = udp_rawsocket()
     async with Engine() as engine:
         engine.add_socket(rs, classify)
-    assert rs.sock.fileno() == -1
+    assert rs.closed
     tx.close()
 
 
@@ -203,7 +194,7 @@ async def test_remove_socket_stops_its_loop_and_closes_it_alone() -> None:
         engine.remove_socket(early)
         engine.remove_socket(gone)  # idempotent
         await trio.sleep(0.05)
-        assert gone.sock.fileno() == -1 and early.sock.fileno() == -1
+        assert gone.closed and early.closed
         assert len(engine.nursery.child_tasks) == 2  # expiry + the kept loop
         assert engine.stats.socket_errors == 0
         engine.register("a", sink, expiry=10)
@@ -212,8 +203,8 @@ async def test_remove_socket_stops_its_loop_and_closes_it_alone() -> None:
             while not sink.events:
                 await trio.sleep(0.01)
         assert sink.events == [("event", "still", False)]
-        assert keep.sock.fileno() != -1
-    assert keep.sock.fileno() == -1
+        assert not keep.closed
+    assert keep.closed
     engine.remove_socket(keep)  # after the engine closed: harmless
     for s in (tx_keep, tx_gone, _tx):
         s.close()

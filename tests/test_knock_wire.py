@@ -14,7 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from netdiag.knock import Knock, KnockError, KnockResult, KnockStats
+from netdiag import ErrorReply
+from netdiag.knock import Knock, KnockResult, KnockStats
 from netdiag.knock.__main__ import line, parse_target, summary
 from netdiag.wire.checksum import checksum, pseudo_header_v4, pseudo_header_v6
 from netdiag.wire.icmp import ErrorKind, Unreach
@@ -271,8 +272,8 @@ A = ipaddress.ip_address("198.18.6.2")
 
 
 def test_stats_count_outcomes() -> None:
-    admin = KnockError(ErrorKind.UNREACHABLE, 3, 13, "x", Unreach.ADMIN)
-    local = KnockError(None, -1, -1, "Network is unreachable")
+    admin = ErrorReply(ErrorKind.UNREACHABLE, 3, 13, "x", unreach=Unreach.ADMIN)
+    local = ErrorReply.local_failure("Network is unreachable")
     results = [
         KnockResult(0, A, 443, "open", 0.001, A, 61, SYN | ACK, 40000),
         KnockResult(1, A, 443, "closed", 0.003, A, 61, RST | ACK, 40001),
@@ -308,7 +309,7 @@ def test_cli_lines_and_summary() -> None:
     )
     assert line(KnockResult(2, A, 443, "filtered")) == "port 443 filtered (timeout): seq=2"
     router = ipaddress.ip_address("198.18.1.1")
-    err = KnockError(ErrorKind.UNREACHABLE, 3, 1, "x", Unreach.HOST)
+    err = ErrorReply(ErrorKind.UNREACHABLE, 3, 1, "x", unreach=Unreach.HOST)
     assert line(KnockResult(3, A, 443, "error", 0.0005, router, error=err)) == (
         "port 443 unreachable (host) from 198.18.1.1: seq=3 time=0.500 ms"
     )

@@ -243,11 +243,11 @@ def test_expiry_heap_compacts_without_losing_a_live_deadline() -> None:
                 lease.finish()  # answered: deadline gone, key kept
             for lease in leases[1:2000:2]:
                 lease.release()  # cancelled
-            assert len(engine._heap) <= 1000 + 1024  # compacted, not 3000
+            assert engine.heap_size <= 1000 + 1024  # compacted, not 3000
             await trio.sleep(3600.0 + 3000)
             assert sorted(sink.expired) == list(range(2000, 3000))
             for lease in leases:
                 lease.release()
-            assert engine.table == {} and engine._heap == []
+            assert engine.table == {} and engine.heap_size == 0
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))

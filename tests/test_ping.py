@@ -12,9 +12,7 @@ import trio
 import trio.testing
 
 from netdiag import FamilyUnavailableError, Ping, Pinger, PingStats
-from netdiag.ping import PingResult, _Probe, _Session, _Target
-from netdiag.sock import Packet
-from netdiag.wire.icmp import Echo
+from netdiag.ping import PingResult
 
 privileged = pytest.mark.privileged
 
@@ -155,62 +153,6 @@ def test_family_unavailable_is_reported_when_used() -> None:
             pinger._family(True)
 
     trio.run(main)
-
-
-class _FakeLease:
-    def __init__(self, probe: _Probe) -> None:
-        self.probe = probe
-        self.expired = False
-        self.finished = 0
-
-    def finish(self) -> None:
-        self.finished += 1
-
-
-LOOPBACK = ipaddress.IPv4Address("127.0.0.1")
-
-
-def _session() -> tuple[_Session, _Target]:
-    s = _Session(Pinger(), Ping(LOOPBACK, count=1))
-    return s, _Target(LOOPBACK, None, None, [], 7)  # type: ignore[arg-type]
-
-
-def _packet(stamp: int) -> Packet:
-    return Packet(b"", bytes([127, 0, 0, 1]), None, 64, stamp, True)
-
-
-def test_duplicates_and_forgeries_are_told_apart() -> None:
-    s, target = _session()
-    probe = _Probe(target, 1, b"token123", 0.0)
-    probe.sent_ns = 1_000_000
-    s.outstanding = 1
-    lease = _FakeLease(probe)
-    good = Echo(True, 7, 1, b"token123" + bytes(48), 0)
-    forged = Echo(True, 7, 1, b"forged!!" + bytes(48), 0)
-    s.on_event(lease, forged, _packet(1_500_000))  # type: ignore[arg-type]
-    assert not s.events and s.pinger.foreign == 1
-    s.on_event(lease, good, _packet(2_000_000))  # type: ignore[arg-type]
-    s.on_event(lease, good, _packet(3_000_000))  # type: ignore[arg-type]
-    first, dup = s.events
-    assert first.kind == "reply" and not first.duplicate and first.rtt == pytest.approx(0.001)
-    assert dup.duplicate and dup.rtt == pytest.approx(0.002)
-    assert lease.finished == 1 and s.outstanding == 0
-    stats = PingStats.of(list(s.events))
-    assert (stats.sent, stats.received, stats.duplicates) == (1, 1, 1)
-
-
-def test_late_reply_is_not_counted_as_received() -> None:
-    s, target = _session()
-    probe = _Probe(target, 1, b"token123", 0.0)
-    probe.sent_ns = 1
-    lease = _FakeLease(probe)
-    s.on_expire(lease)  # type: ignore[arg-type]
-    lease.expired = True
-    s.on_event(lease, Echo(True, 7, 1, b"token123", 0), _packet(5))  # type: ignore[arg-type]
-    timeout, late = s.events
-    assert timeout.kind == "timeout" and late.late
-    stats = PingStats.of([timeout, late])
-    assert (stats.sent, stats.received, stats.late, stats.loss) == (1, 0, 1, 1.0)
 
 
 def test_ping_validation() -> None:

@@ -409,6 +409,7 @@ Delay = Callable[[int, int, int], float | None]  # (ttl, sport, nth probe) -> se
 
 class FakeSock:
     v6 = False
+    drops = 0
 
     def __init__(self) -> None:
         self.queue: deque[Packet] = deque()

@@ -32,36 +32,43 @@ import os
 import random
 import socket
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ..engine import Diagnostic, Lease, Pacer, Session, in_order, stream
-from ..errors import KeyInUseError
-from ..resolve import resolve
-from ..results import jsonable
-from ..sock import (
-    DEFAULT_RCVBUF,
-    Bind,
-    IPAddress,
-    Packet,
-    RawSocket,
-    RouteFinder,
-    reserve_tcp_port,
+from .._deprecated import deprecated_alias
+from ..engine import (
+    Classifier,
+    Diagnostic,
+    Lease,
+    Pacer,
+    Probe,
+    ProbeSession,
+    ResultStream,
+    in_order,
 )
+from ..resolve import resolve
+from ..results import ErrorReply, jsonable
+from ..sock import DEFAULT_RCVBUF, Bind, IPAddress, ProbeSocket, RouteFinder, reserve_tcp_port
 from ..stats import ProbeStats
 from ..validate import check_float, check_int
-from ..wire.icmp import ErrorKind, IcmpError, Unreach, error_text
-from ..wire.knock import QuotedSyn, answers, classify_icmp, classify_tcp
-from ..wire.tcp import RST, build_syn, syn_options
+from ..wire.icmp import (
+    DEST_UNREACH4,
+    DEST_UNREACH6,
+    PARAMETER_PROBLEM4,
+    PARAMETER_PROBLEM6,
+    TIME_EXCEEDED4,
+    TIME_EXCEEDED6,
+)
+from ..wire.knock import QuotedSyn, answers, classify_icmp, classify_tcp, outcome
+from ..wire.packet import Packet
+from ..wire.tcp import TCP6_CHECKSUM_OFFSET, build_syn, syn_options
 
-__all__ = ["Knock", "KnockError", "KnockResult", "KnockStats", "Knocker"]
+__all__ = ["Knock", "KnockResult", "KnockStats", "Knocker"]
 
 #: ICMP errors that can be about a SYN: unreachable, time exceeded, parameter problem.
-_ICMP_TYPES4 = (3, 11, 12)
-_ICMP_TYPES6 = (1, 3, 4)
-_TCP_CHECKSUM_OFFSET = 16
+_ICMP_TYPES4 = (DEST_UNREACH4, TIME_EXCEEDED4, PARAMETER_PROBLEM4)
+_ICMP_TYPES6 = (DEST_UNREACH6, TIME_EXCEEDED6, PARAMETER_PROBLEM6)
 
 Outcome = Literal["open", "closed", "filtered", "error"]
 
@@ -94,27 +101,6 @@ class Knock:
 
 
 @dataclass(frozen=True, slots=True)
-class KnockError:
-    """The ICMP error that came back instead of a TCP answer, or why the SYN was not sent.
-
-    ``kind`` is ``None`` for a local failure (no route, no free port...); then ``text`` says
-    why and ``type``/``code`` are -1. ``unreach`` is the normalised unreachable reason, e.g.
-    :attr:`Unreach.ADMIN` for a firewall's ``reject with icmp type admin-prohibited``.
-    """
-
-    kind: ErrorKind | None
-    type: int
-    code: int
-    text: str
-    unreach: Unreach | None = None
-
-    @property
-    def local(self) -> bool:
-        """True when the SYN never left: the error is ours, not the network's."""
-        return self.kind is None
-
-
-@dataclass(frozen=True, slots=True)
 class KnockResult:
     """The outcome of one SYN, or a duplicate/late copy of an answer.
 
@@ -138,7 +124,7 @@ class KnockResult:
     sport: int = 0
     duplicate: bool = False
     late: bool = False
-    error: KnockError | None = None
+    error: ErrorReply | None = None
 
     @property
     def label(self) -> str:
@@ -231,11 +217,11 @@ class _Family:
     """One family's raw TCP socket (send SYNs, hear SYN-ACKs and RSTs) and whether its raw
     ICMP socket (hear errors about our SYNs) could be opened."""
 
-    def __init__(self, tcp: RawSocket, v6: bool, route: RouteFinder) -> None:
+    def __init__(self, tcp: ProbeSocket, v6: bool, route: RouteFinder) -> None:
         self.tcp = tcp
         self.v6 = v6
         self.route = route
-        self.icmp: RawSocket | BaseException | None = None
+        self.icmp: ProbeSocket | BaseException | None = None
 
 
 class _Target:
@@ -254,33 +240,32 @@ class _Target:
         self.error: str | None = None
 
 
-class _Probe:
-    __slots__ = ("answered", "deadline", "isn", "port_sock", "sent_ns", "seq", "sport", "target")
+class _Probe(Probe):
+    __slots__ = ("isn", "port_sock", "seq", "sport", "target")
 
     def __init__(
-        self, target: _Target, seq: int, isn: int, sport: int, port_sock: socket.socket
-    ) -> None:
+        self, target: _Target, seq: int, isn: int = 0, sport: int = 0,
+        port_sock: socket.socket | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__()
         self.target = target
         self.seq = seq
         self.isn = isn
         self.sport = sport
-        self.port_sock: socket.socket | None = port_sock
-        self.sent_ns = 0
-        self.deadline = 0.0
-        self.answered = False
+        self.port_sock = port_sock
 
 
-class _Session(Session):
+class _Session(ProbeSession[_Probe, KnockResult]):
     """The state of one :meth:`Knocker.results` or :meth:`Knocker.sweep` call: one sender
-    task for any number of (address, port) targets, and the engine's sink for their probes."""
+    task for any number of (address, port) targets; each SYN goes through the engine's probe
+    template."""
 
     def __init__(self, knocker: Knocker, knock: Knock, rate: float | None = None) -> None:
-        super().__init__()
+        super().__init__(knocker.engine, knock.expiry)
         self.knocker = knocker
         self.knock = knock
         self.rate = rate
         self.targets: list[_Target] = []
-        self.live: deque[tuple[Lease, _Probe]] = deque()
 
     def add_target(self, addr: IPAddress, port: int) -> None:
         knocker = self.knocker
@@ -299,57 +284,62 @@ class _Session(Session):
                 target.anc = target.fam.tcp.ancillary(src=target.local)
         self.targets.append(target)
 
-    # -- engine sink -----------------------------------------------------------------------
+    # -- what the template asks of a diagnostic ----------------------------------------------
 
-    def on_event(self, lease: Lease, event: Any, packet: Packet) -> None:
-        probe: _Probe = lease.probe
+    def answer(self, probe: _Probe, event: Any, packet: Packet) -> KnockResult | None:
         if not answers(event, probe.isn):
             # Right ports, wrong sequence: a stale answer to an earlier SYN on this 4-tuple, or
             # someone else's traffic. Never ours.
             self.knocker.foreign += 1
-            return
-        rtt = max(packet.stamp_ns - probe.sent_ns, 0) / 1e9 if probe.sent_ns else None
+            return None
+        t = probe.target
+        rtt = probe.rtt(packet)
         responder = ipaddress.ip_address(packet.src)
-        t = probe.target
+        kind: Outcome = outcome(event)
         if isinstance(event, QuotedSyn):
-            err = _knock_error(event.error)
-            base = KnockResult(
-                probe.seq, t.addr, t.port, "error", rtt, responder, packet.ttl,
-                sport=probe.sport, error=err,
-            )  # fmt: skip
-        else:
-            kind: Outcome = "closed" if event.flags & RST else "open"
-            base = KnockResult(
+            return KnockResult(
                 probe.seq, t.addr, t.port, kind, rtt, responder, packet.ttl,
-                flags=event.flags, sport=probe.sport,
+                sport=probe.sport, error=ErrorReply.of(event.error),
             )  # fmt: skip
-        self.deliver(lease, probe, base)
+        return KnockResult(
+            probe.seq, t.addr, t.port, kind, rtt, responder, packet.ttl,
+            flags=event.flags, sport=probe.sport,
+        )  # fmt: skip
 
-    def on_expire(self, lease: Lease) -> None:
-        probe: _Probe = lease.probe
+    def timeout(self, probe: _Probe) -> KnockResult:
         t = probe.target
-        self.outstanding -= 1
-        self.push(KnockResult(probe.seq, t.addr, t.port, "filtered", sport=probe.sport))
+        return KnockResult(probe.seq, t.addr, t.port, "filtered", sport=probe.sport)
 
-    def _local_failure(self, t: _Target, seq: int, text: str, sport: int = 0) -> None:
-        err = KnockError(None, -1, -1, text)
-        self.push(KnockResult(seq, t.addr, t.port, "error", sport=sport, error=err))
+    def refused(self, probe: _Probe, text: str) -> KnockResult:
+        t = probe.target
+        return KnockResult(
+            probe.seq, t.addr, t.port, "error", sport=probe.sport,
+            error=ErrorReply.local_failure(text),
+        )  # fmt: skip
+
+    def forget(self, lease: Lease) -> None:
+        lease.release()
+        probe: _Probe = lease.probe
+        if probe.port_sock is not None:
+            probe.port_sock.close()
+            probe.port_sock = None
 
     async def _send_all(self) -> None:
         k = self.knock
         knocker = self.knocker
-        register = knocker._engine.register
-        expiry = k.expiry
         getrandbits = random.getrandbits
         ts_base = knocker._ts_offset
         pacer = Pacer(k.interval, self.rate)
         for i in range(k.count):
             await pacer.round(i)
-            self._release_old(pacer.now)
+            # Forget probes resolved long enough ago (one extra expiry past their deadline,
+            # so late answers are still recognised as late): memory and reserved ports stay
+            # bounded on a knock that runs for days.
+            self.forget_old(pacer.now, k.expiry)
             tsval = (ts_base + time.monotonic_ns() // 1_000_000) & 0xFFFFFFFF
             for t in self.targets:
                 if t.error is not None:
-                    self._local_failure(t, i, t.error)
+                    self.push(self.refused(_Probe(t, i), t.error))
                     continue
                 await pacer.probe()
                 v6 = t.fam.v6
@@ -357,7 +347,8 @@ class _Session(Session):
                     port_sock = reserve_tcp_port(v6)
                     sport = port_sock.getsockname()[1]
                 except OSError as e:
-                    self._local_failure(t, i, f"no free source port: {e.strerror or e}")
+                    text = f"no free source port: {e.strerror or e}"
+                    self.push(self.refused(_Probe(t, i), text))
                     continue
                 isn = getrandbits(32)
                 data = build_syn(
@@ -365,60 +356,14 @@ class _Session(Session):
                     options=syn_options(v6, tsval), checksum_field=not v6,
                 )  # fmt: skip
                 probe = _Probe(t, i, isn, sport, port_sock)
-                try:
-                    lease = register((t.local, sport, t.packed, t.port), self, expiry, probe,
-                                     pacer.now)  # fmt: skip
-                except KeyInUseError:  # only if another engine's raw socket shares our port
-                    port_sock.close()
-                    self._local_failure(t, i, "source port still in flight", sport)
-                    continue
-                self.live.append((lease, probe))
-                self.outstanding += 1
-                probe.deadline = pacer.now + expiry
-                sock = t.fam.tcp
-                try:
-                    try:
-                        probe.sent_ns = sock.send_nowait(data, t.dst, t.anc)
-                    except BlockingIOError:
-                        probe.sent_ns = await sock.send(data, t.dst, t.anc)
-                        pacer.waited()
-                except OSError as e:
-                    self._drop(lease, probe)
-                    self.live.pop()
-                    self.outstanding -= 1
-                    self._local_failure(t, i, e.strerror or str(e), sport)
-                else:
+                key = (t.local, sport, t.packed, t.port)
+                if await self.launch(
+                    key, probe, t.fam.tcp, data, t.dst, t.anc, now=pacer.now, pacer=pacer
+                ):
                     knocker.sent += 1
-
-    def _release_old(self, now: float) -> None:
-        """Forget probes resolved long enough ago that no answer can matter: keeps memory and
-        reserved ports bounded on a knock that runs for days. A probe is kept one extra
-        ``expiry`` past its deadline so late answers are still recognised as late."""
-        grace = self.knock.expiry
-        live = self.live
-        while live and live[0][1].deadline + grace < now:
-            lease, probe = live[0]
-            if lease.active and not probe.answered:
-                break  # not resolved yet (the expiry task has not run): keep it
-            live.popleft()
-            self._drop(lease, probe)
-
-    @staticmethod
-    def _drop(lease: Lease, probe: _Probe) -> None:
-        lease.release()
-        if probe.port_sock is not None:
-            probe.port_sock.close()
-            probe.port_sock = None
-
-    def close(self) -> None:
-        super().close()
-        for lease, probe in self.live:
-            self._drop(lease, probe)
-        self.live.clear()
-
-
-def _knock_error(e: IcmpError) -> KnockError:
-    return KnockError(e.kind, e.type, e.code, error_text(e), e.unreach)
+                elif probe.port_sock is not None:  # refused before it was registered
+                    probe.port_sock.close()
+                    probe.port_sock = None
 
 
 class Knocker(Diagnostic):
@@ -449,21 +394,20 @@ class Knocker(Diagnostic):
 
     def _open(self) -> None:
         def open_family(v6: bool) -> _Family:
-            tcp = RawSocket(
+            tcp = ProbeSocket.raw_transport(
                 v6,
                 socket.IPPROTO_TCP,
                 self.bind,
                 rcvbuf=self.rcvbuf,
-                checksum_offset=_TCP_CHECKSUM_OFFSET if v6 else None,
+                checksum_offset=TCP6_CHECKSUM_OFFSET if v6 else None,
             )
             fam = _Family(tcp, v6, RouteFinder(v6, self.bind))
-            self._engine.add_socket(tcp, _tcp_classifier(v6))
+            self._engine.add_socket(tcp, tcp_classifier(v6))
             try:
-                icmp = RawSocket(
+                icmp = ProbeSocket.raw_icmp(
                     v6,
-                    socket.IPPROTO_ICMPV6 if v6 else socket.IPPROTO_ICMP,
                     self.bind,
-                    icmp_types=_ICMP_TYPES6 if v6 else _ICMP_TYPES4,
+                    types=_ICMP_TYPES6 if v6 else _ICMP_TYPES4,
                     rcvbuf=self.rcvbuf,
                 )
             except OSError as e:
@@ -471,7 +415,7 @@ class Knocker(Diagnostic):
                 fam.icmp = e
                 return fam
             fam.icmp = icmp
-            self._engine.add_socket(icmp, _icmp_classifier(v6))
+            self._engine.add_socket(icmp, icmp_classifier(v6))
             return fam
 
         # Raw sockets already handed to the engine are closed by it; the finder is ours.
@@ -494,21 +438,24 @@ class Knocker(Diagnostic):
                 out.add((6 if probe.port_sock.family == socket.AF_INET6 else 4, probe.sport))
         return out
 
-    async def results(self, knock: Knock) -> AsyncIterator[KnockResult]:
+    def results(self, knock: Knock) -> ResultStream[KnockResult]:
         """Knock and yield every outcome as it happens: open/closed answers (in arrival order),
         ICMP errors, filtered probes, duplicates and late answers. Ends when every probe is
-        resolved."""
+        resolved. The stream's ``sent`` and ``unresolved()`` tell about an interrupted loop."""
         if not isinstance(knock, Knock):
             raise TypeError(f"expected a netdiag.Knock, got {knock!r}")
-        target = await resolve(knock.addr)
-        self._family(target.version == 6)
-        self._check_netns()
-        session = _Session(self, knock)
-        session.add_target(target, knock.port)
-        async for r in stream(self._engine, session):
-            yield r
 
-    async def sweep(
+        async def start() -> _Session:
+            target = await resolve(knock.addr)
+            self._family(target.version == 6)
+            self._check_netns()
+            session = _Session(self, knock)
+            session.add_target(target, knock.port)
+            return session
+
+        return ResultStream(self._engine, start)
+
+    def sweep(
         self,
         targets: Iterable[tuple[IPAddress | str, int]],
         *,
@@ -516,25 +463,28 @@ class Knocker(Diagnostic):
         interval: float = 1.0,
         expiry: float = 2.0,
         rate: float | None = None,
-    ) -> AsyncIterator[KnockResult]:
+    ) -> ResultStream[KnockResult]:
         """Knock many ``(address, port)`` pairs from one sender task; yield results as they
         come. Round ``i`` sends one SYN to every pair, ``i * interval`` after the first;
         ``rate`` caps SYNs per second (default: as fast as the socket takes them). The path for
         thousands of hosts and ports: no task per target."""
         if rate is not None:
             check_float("rate", rate, 0.0, 1e7, open_low=True)
-        pairs = [(await resolve(a), p) for a, p in targets]
-        if not pairs:
-            raise ValueError("sweep needs at least one (address, port)")
-        for _, port in pairs:
-            check_int("port", port, 1, 65535)
-        knock = Knock(pairs[0][0], pairs[0][1], count, interval, expiry)
-        self._check_netns()
-        session = _Session(self, knock, rate)
-        for addr, port in pairs:
-            session.add_target(addr, port)
-        async for r in stream(self._engine, session):
-            yield r
+
+        async def start() -> _Session:
+            pairs = [(await resolve(a), p) for a, p in targets]
+            if not pairs:
+                raise ValueError("sweep needs at least one (address, port)")
+            for _, port in pairs:
+                check_int("port", port, 1, 65535)
+            knock = Knock(pairs[0][0], pairs[0][1], count, interval, expiry)
+            self._check_netns()
+            session = _Session(self, knock, rate)
+            for addr, port in pairs:
+                session.add_target(addr, port)
+            return session
+
+        return ResultStream(self._engine, start)
 
     def _check_netns(self) -> None:
         if _netns() != self._netns:
@@ -568,15 +518,22 @@ def _netns() -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def _tcp_classifier(v6: bool):  # type: ignore[no-untyped-def]
+def tcp_classifier(v6: bool) -> Classifier:
+    """The classifier of a raw TCP socket: SYN-ACKs and RSTs answering our SYNs."""
+
     def classify(pkt: Packet) -> Any:
         return classify_tcp(pkt.data, v6, pkt.src, pkt.dst)
 
     return classify
 
 
-def _icmp_classifier(v6: bool):  # type: ignore[no-untyped-def]
+def icmp_classifier(v6: bool) -> Classifier:
+    """The classifier of a raw ICMP socket: errors quoting our SYNs."""
+
     def classify(pkt: Packet) -> Any:
         return classify_icmp(pkt.data, v6)
 
     return classify
+
+
+__getattr__ = deprecated_alias(__name__, {"KnockError": ErrorReply})

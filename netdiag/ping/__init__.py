@@ -14,47 +14,49 @@ import ipaddress
 import os
 import random
 import socket
-from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ..engine import Diagnostic, Lease, Pacer, Session, in_order, stream
-from ..errors import KeyInUseError, NetdiagError, PrivilegeError
-from ..resolve import literal, resolve
-from ..results import jsonable
-from ..sock import (
-    DEFAULT_RCVBUF,
-    IP_PMTUDISC_DO,
-    IP_PMTUDISC_DONT,
-    Bind,
-    IPAddress,
-    Packet,
-    RawSocket,
+from .._deprecated import deprecated_alias
+from ..engine import (
+    Classifier,
+    Diagnostic,
+    Pacer,
+    Probe,
+    ProbeSession,
+    ResultStream,
+    in_order,
 )
+from ..errors import NetdiagError, PrivilegeError
+from ..resolve import literal, resolve
+from ..results import ErrorReply, jsonable
+from ..sock import DEFAULT_RCVBUF, IP_PMTUDISC_DO, IP_PMTUDISC_DONT, Bind, IPAddress, ProbeSocket
 from ..stats import ProbeStats
 from ..validate import check_float, check_int
 from ..wire.icmp import (
     ECHO_REPLY4,
     ECHO_REPLY6,
+    ERROR_TYPES4,
+    ERROR_TYPES6,
     TOKEN_LEN,
     Echo,
     EchoBuilder,
-    ErrorKind,
-    IcmpError,
     build_echo,
     classify_echo,
     classify_echo_queued_error,
     echo_payload,
-    error_text,
     token_matches,
 )
+from ..wire.packet import Packet
 
-__all__ = ["Ping", "PingError", "PingResult", "PingStats", "Pinger"]
+__all__ = ["Ping", "PingResult", "PingStats", "Pinger"]
 
 #: ICMP types a ping socket needs to see; the kernel filters out everything else.
-_TYPES4 = (ECHO_REPLY4, 3, 4, 5, 11, 12)
-_TYPES6 = (1, 2, 3, 4, ECHO_REPLY6)
+_TYPES4 = (ECHO_REPLY4, *ERROR_TYPES4)
+_TYPES6 = (*ERROR_TYPES6, ECHO_REPLY6)
+#: Probes are forgotten this many expiries past their deadline (late replies until then).
+_GRACE_EXPIRIES = 2
 MAX_SIZE = 65507  # largest ICMPv4 echo payload in one IPv4 datagram (65535 - 20 - 8)
 
 
@@ -98,22 +100,6 @@ class Ping:
 
 
 @dataclass(frozen=True, slots=True)
-class PingError:
-    """The ICMP error a router or the target sent instead of a reply."""
-
-    kind: ErrorKind | None
-    type: int
-    code: int
-    text: str
-    mtu: int = 0
-
-    @property
-    def local(self) -> bool:
-        """True when the request never left: the kernel refused to send it."""
-        return self.kind is None
-
-
-@dataclass(frozen=True, slots=True)
 class PingResult:
     """The outcome of one echo request, or a duplicate/late copy of a reply.
 
@@ -134,7 +120,7 @@ class PingResult:
     size: int = 0
     duplicate: bool = False
     late: bool = False
-    error: PingError | None = None
+    error: ErrorReply | None = None
 
     def as_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = jsonable(self)
@@ -188,12 +174,14 @@ class _Family:
     and payload token instead.
     """
 
-    def __init__(self, sock: RawSocket, v6: bool, dgram: bool = False) -> None:
+    def __init__(self, sock: ProbeSocket, v6: bool, dgram: bool = False) -> None:
         self.sock = sock
         self.v6 = v6
         self.dgram = dgram
-        self.df_socks: dict[bool, RawSocket] = {}
-        self.idents: dict[RawSocket, int] = {}
+        self.df_socks: dict[bool, ProbeSocket] = {}
+        self.idents: dict[ProbeSocket, int] = {}
+        if dgram:
+            self.idents[sock] = sock.local_port()
         self._seq = random.randrange(0x10000)
 
     def next_seq(self) -> int:
@@ -206,7 +194,9 @@ class _Target:
 
     __slots__ = ("addr", "anc", "dst", "fam", "ident", "packed", "sock")
 
-    def __init__(self, addr: IPAddress, fam: _Family, sock: RawSocket, anc: list, ident: int):
+    def __init__(
+        self, addr: IPAddress, fam: _Family, sock: ProbeSocket, anc: list, ident: int
+    ) -> None:
         self.addr = addr
         self.packed = addr.packed
         # inet_ntop: str() of an ipaddress object costs a few microseconds per target.
@@ -219,34 +209,31 @@ class _Target:
         self.ident = ident
 
 
-class _Probe:
-    __slots__ = ("answered", "due", "sent_ns", "seq", "target", "token")
+class _Probe(Probe):
+    __slots__ = ("seq", "target", "token")
 
-    def __init__(self, target: _Target, seq: int, token: bytes, due: float) -> None:
+    def __init__(self, target: _Target, seq: int, token: bytes) -> None:
+        super().__init__()
         self.target = target
         self.seq = seq
         self.token = token
-        self.due = due  # the original deadline: lease.deadline becomes inf once answered
-        self.sent_ns = 0
-        self.answered = False
 
 
-class _Session(Session):
+class _Session(ProbeSession[_Probe, PingResult]):
     """The state of one :meth:`Pinger.results` or :meth:`Pinger.sweep` call: one sender task,
-    any number of targets, and the engine's sink for all their probes.
+    any number of targets; each request goes through the engine's probe template.
 
     Round ``i`` of requests starts at ``start + i * interval``; within a round, requests to the
     targets leave back to back, or paced at ``rate`` per second when given.
     """
 
     def __init__(self, pinger: Pinger, ping: Ping, rate: float | None = None) -> None:
-        super().__init__()
+        super().__init__(pinger.engine, ping.expiry)
         self.pinger = pinger
         self.ping = ping
         self.rate = rate
         self.targets: list[_Target] = []
-        self.leases: deque[Lease] = deque()
-        self._anc: dict[RawSocket, list] = {}
+        self._anc: dict[ProbeSocket, list] = {}
         # One identifier for the whole session where it is free for each target (the demux
         # key holds the target anyway); a target another running ping uses it for gets its own.
         self._ident: int | None = None
@@ -267,45 +254,41 @@ class _Session(Session):
             ident = self._ident = pinger._allocate_ident(addr.packed)
         self.targets.append(_Target(addr, fam, sock, anc, ident))
 
-    # -- engine sink -----------------------------------------------------------------------
+    # -- what the template asks of a diagnostic ----------------------------------------------
 
-    def on_event(self, lease: Lease, event: Any, packet: Packet) -> None:
-        probe: _Probe = lease.probe
+    def answer(self, probe: _Probe, event: Any, packet: Packet) -> PingResult | None:
         if not token_matches(event, probe.token):
             self.pinger.foreign += 1
-            return
-        target = probe.target
-        rtt = max(packet.stamp_ns - probe.sent_ns, 0) / 1e9 if probe.sent_ns else None
+            return None
+        addr = probe.target.addr
+        rtt = probe.rtt(packet)
         if isinstance(event, Echo):
             # The key holds the source address, so the responder is the target itself.
             size = 8 + len(event.payload)
-            base = PingResult(probe.seq, target.addr, "reply", rtt, target.addr, packet.ttl, size)
-        else:
-            # Datagram sockets report the router in the queued error, not as the source.
-            src = packet.err.offender if packet.err and packet.err.offender else packet.src
-            responder = ipaddress.ip_address(src)
-            err = _ping_error(event)
-            base = PingResult(
-                probe.seq, target.addr, "error", rtt, responder, packet.ttl, 0, error=err
-            )
-        self.deliver(lease, probe, base)
+            return PingResult(probe.seq, addr, "reply", rtt, addr, packet.ttl, size)
+        # Datagram sockets report the router in the queued error, not as the source.
+        src = packet.err.offender if packet.err and packet.err.offender else packet.src
+        return PingResult(
+            probe.seq, addr, "error", rtt, ipaddress.ip_address(src), packet.ttl, 0,
+            error=ErrorReply.of(event),
+        )  # fmt: skip
 
-    def on_expire(self, lease: Lease) -> None:
-        probe: _Probe = lease.probe
-        self.outstanding -= 1
-        self.push(PingResult(probe.seq, probe.target.addr, "timeout"))
+    def timeout(self, probe: _Probe) -> PingResult:
+        return PingResult(probe.seq, probe.target.addr, "timeout")
+
+    def refused(self, probe: _Probe, text: str) -> PingResult:
+        error = ErrorReply.local_failure(text)
+        return PingResult(probe.seq, probe.target.addr, "error", error=error)
 
     async def _send_all(self) -> None:
         ping = self.ping
-        engine = self.pinger._engine
-        register = engine.register
+        table = self.engine.table
         fill = echo_payload(b"\x00" * TOKEN_LEN, ping.size)
         tlen = min(TOKEN_LEN, ping.size)
         fast = {v6: EchoBuilder(ping.size, v6) for v6 in (False, True)} if tlen == 8 else None
-        expiry = ping.expiry
-        grace = 2 * expiry
+        grace = _GRACE_EXPIRIES * ping.expiry
         getrandbits = random.getrandbits
-        leases = self.leases
+        launch = self.launch
         pacer = Pacer(ping.interval, self.rate)
         for i in range(ping.count):
             await pacer.round(i)
@@ -313,67 +296,35 @@ class _Session(Session):
             wire_seq = seq & 0xFFFF
             for target in self.targets:
                 await pacer.probe()
-                now = pacer.now
                 tok = getrandbits(64)
                 token = tok.to_bytes(8, "big")[:tlen]
-                probe = _Probe(target, seq, token, now + expiry)
                 fam = target.fam
+                key = (target.packed, target.ident, wire_seq)
                 if fam.dgram:
-                    wire_seq = fam.next_seq()
-                try:
-                    key = (target.packed, target.ident, wire_seq)
-                    if fam.dgram:
-                        # The identifier is the socket's: find a sequence number not in flight.
-                        for _ in range(64):
-                            if key not in engine.table:
-                                break
-                            wire_seq = fam.next_seq()
-                            key = (target.packed, target.ident, wire_seq)
-                    lease = register(key, self, expiry, probe, now)
-                except KeyInUseError:
-                    self.push(_send_failure(seq, target.addr, "sequence number still in flight"))
-                    continue
-                leases.append(lease)
-                self.outstanding += 1
+                    # The identifier is the socket's: find a sequence number not in flight.
+                    for _ in range(64):
+                        wire_seq = fam.next_seq()
+                        key = (target.packed, target.ident, wire_seq)
+                        if key not in table:
+                            break
                 if fast is not None:
                     data = fast[fam.v6].build(target.ident, wire_seq, tok)
                 else:
                     data = build_echo(target.ident, wire_seq, token + fill[tlen:], fam.v6)
-                try:
-                    try:
-                        probe.sent_ns = target.sock.send_nowait(data, target.dst, target.anc)
-                    except BlockingIOError:
-                        probe.sent_ns = await target.sock.send(data, target.dst, target.anc)
-                        pacer.waited()
-                except OSError as e:
-                    lease.release()
-                    self.outstanding -= 1
-                    self.push(_send_failure(seq, target.addr, e.strerror or str(e)))
+                probe = _Probe(target, seq, token)
+                await launch(
+                    key, probe, target.sock, data, target.dst, target.anc, now=pacer.now,
+                    pacer=pacer,
+                )  # fmt: skip
             # Forget probes old enough that no reply can matter any more: memory stays bounded
             # on a ping that runs for days.
-            now = pacer.now
-            while leases and leases[0].probe.due + grace < now:
-                leases.popleft().release()
+            self.forget_old(pacer.now, grace)
 
     def close(self) -> None:
         super().close()
-        for lease in self.leases:
-            lease.release()
-        self.leases.clear()
         for t in self.targets:
             self.pinger._release_ident(t.packed, t.ident)
-
-
-def _send_failure(seq: int, target: IPAddress, text: str) -> PingResult:
-    return PingResult(seq, target, "error", error=PingError(None, -1, -1, text))
-
-
-def _ping_error(e: IcmpError) -> PingError:
-    text = error_text(e)
-    mtu = e.info if e.kind is ErrorKind.PACKET_TOO_BIG or e.unreach is not None else 0
-    if mtu:
-        text += f", mtu={mtu}"
-    return PingError(e.kind, e.type, e.code, text, mtu)
+        self.targets = []
 
 
 class Pinger(Diagnostic):
@@ -404,46 +355,24 @@ class Pinger(Diagnostic):
 
     def _open_mode(self, dgram: bool) -> None:
         """Raw ICMP sockets, or ICMP datagram ("ping") sockets."""
+
         def open_family(v6: bool) -> _Family:
-            sock = self._new_socket(v6, dgram)
-            fam = _Family(sock, v6, dgram)
-            if dgram:
-                fam.idents[sock] = sock.local_port()
-            return fam
+            return _Family(self._new_socket(v6, dgram), v6, dgram)
 
         self._families.open(open_family, lambda fam: fam.sock.close())
         for v6, fam in self._families.items():
-            self._engine.add_socket(fam.sock, _classifier(v6, dgram))
+            self._engine.add_socket(fam.sock, classifier(v6, dgram))
 
-    def _new_socket(self, v6: bool, dgram: bool, pmtudisc: int | None = None) -> RawSocket:
-        proto = socket.IPPROTO_ICMPV6 if v6 else socket.IPPROTO_ICMP
+    def _new_socket(self, v6: bool, dgram: bool, pmtudisc: int | None = None) -> ProbeSocket:
         if not dgram:
-            return RawSocket(
-                v6,
-                proto,
-                self.bind,
-                icmp_types=_TYPES6 if v6 else _TYPES4,
-                rcvbuf=self.rcvbuf,
-                pmtudisc=pmtudisc,
-            )
+            types = _TYPES6 if v6 else _TYPES4
+            return ProbeSocket.raw_icmp(v6, self.bind, types=types, rcvbuf=self.rcvbuf)
         try:
-            sock = RawSocket(
-                v6,
-                proto,
-                self.bind,
-                kind=socket.SOCK_DGRAM,
-                rcvbuf=self.rcvbuf,
-                recverr=True,
-                pmtudisc=pmtudisc,
-            )
+            return ProbeSocket.icmp_datagram(v6, self.bind, rcvbuf=self.rcvbuf, pmtudisc=pmtudisc)
         except PrivilegeError:
             raise PrivilegeError(message=_ping_group_message()) from None
-        if self.bind.for_family(v6) is None:
-            # Binding port 0 makes the kernel pick this socket's echo identifier now.
-            sock.sock.bind(("::" if v6 else "0.0.0.0", 0))
-        return sock
 
-    def _df_socket(self, fam: _Family, df: bool) -> RawSocket:
+    def _df_socket(self, fam: _Family, df: bool) -> ProbeSocket:
         """IPv4 has no per-packet DF control, so DF-forced and DF-cleared probes go out through
         a sibling socket with that IP_MTU_DISCOVER mode (IPv6 uses a cmsg). A raw sibling only
         sends (replies reach the main raw socket too); a datagram sibling has its own echo
@@ -456,10 +385,10 @@ class Pinger(Diagnostic):
             if fam.dgram:
                 sock = self._new_socket(False, True, pmtudisc=mode)
                 fam.idents[sock] = sock.local_port()
-                self._engine.add_socket(sock, _classifier(False, True))
+                self._engine.add_socket(sock, classifier(False, True))
             else:
-                sock = RawSocket(
-                    False, socket.IPPROTO_ICMP, self.bind, receive=False, pmtudisc=mode
+                sock = ProbeSocket.raw_sender(
+                    False, socket.IPPROTO_ICMP, self.bind, pmtudisc=mode
                 )
                 self._engine.add_socket(sock, None)
             fam.df_socks[df] = sock
@@ -492,17 +421,25 @@ class Pinger(Diagnostic):
     def _release_ident(self, packed: bytes, ident: int) -> None:
         self._idents.pop((packed, ident), None)
 
-    async def results(self, ping: Ping) -> AsyncIterator[PingResult]:
+    def results(self, ping: Ping) -> ResultStream[PingResult]:
         """Ping and yield every outcome as it happens: replies (in arrival order), timeouts,
-        ICMP errors, duplicates and late replies. Ends when every request is resolved."""
+        ICMP errors, duplicates and late replies. Ends when every request is resolved.
+
+        The returned :class:`~netdiag.engine.ResultStream` also tells, after an interrupted
+        loop, how many requests left (``sent``) and which were still waiting
+        (``unresolved()``)."""
         if not isinstance(ping, Ping):
             raise TypeError(f"expected a netdiag.Ping, got {ping!r}")
-        session = _Session(self, ping)
-        session.add_target(await resolve(ping.addr))
-        async for r in stream(self._engine, session):
-            yield r
 
-    async def sweep(
+        async def start() -> _Session:
+            addr = await resolve(ping.addr)
+            session = _Session(self, ping)
+            session.add_target(addr)
+            return session
+
+        return ResultStream(self._engine, start)
+
+    def sweep(
         self,
         targets: Iterable[IPAddress | str],
         *,
@@ -514,7 +451,7 @@ class Pinger(Diagnostic):
         tos: int | None = None,
         df: bool | None = None,
         rate: float | None = None,
-    ) -> AsyncIterator[PingResult]:
+    ) -> ResultStream[PingResult]:
         """Ping many targets from one sender task, fping style; yield results as they come.
 
         Round ``i`` sends one request to every target, starting ``i * interval`` after the
@@ -523,28 +460,33 @@ class Pinger(Diagnostic):
         """
         if rate is not None:
             check_float("rate", rate, 0.0, 1e7, open_low=True)
-        addrs = []
-        for t in targets:
-            try:  # literal addresses without a trip through the resolver's coroutine
-                addrs.append(
-                    t
-                    if isinstance(t, ipaddress.IPv4Address | ipaddress.IPv6Address)
-                    else literal(t)
-                )
-            except (ValueError, TypeError):
-                addrs.append(await resolve(t))
-        if not addrs:
-            raise ValueError("sweep needs at least one target")
-        ping = Ping(addrs[0], count, interval, expiry, size, ttl, tos, df)
-        session = _Session(self, ping, rate)
-        try:
-            for a in addrs:
-                session.add_target(a)
-        except BaseException:
-            session.close()
-            raise
-        async for r in stream(self._engine, session):
-            yield r
+        # Validate every option before anything is resolved or sent.
+        Ping("0.0.0.0", count, interval, expiry, size, ttl, tos, df)
+
+        async def start() -> _Session:
+            addrs = []
+            for t in targets:
+                try:  # literal addresses without a trip through the resolver's coroutine
+                    addrs.append(
+                        t
+                        if isinstance(t, ipaddress.IPv4Address | ipaddress.IPv6Address)
+                        else literal(t)
+                    )
+                except (ValueError, TypeError):
+                    addrs.append(await resolve(t))
+            if not addrs:
+                raise ValueError("sweep needs at least one target")
+            ping = Ping(addrs[0], count, interval, expiry, size, ttl, tos, df)
+            session = _Session(self, ping, rate)
+            try:
+                for a in addrs:
+                    session.add_target(a)
+            except BaseException:
+                session.close()
+                raise
+            return session
+
+        return ResultStream(self._engine, start)
 
     async def ping(self, ping: Ping) -> AsyncIterator[float | None]:
         """Yield, in sequence order, each request's RTT in seconds or ``None`` if it got no
@@ -561,7 +503,7 @@ def _reply_rtt(r: PingResult) -> float | None:
     return r.rtt if r.kind == "reply" else None
 
 
-def _classifier(v6: bool, dgram: bool = False):  # type: ignore[no-untyped-def]
+def classifier(v6: bool, dgram: bool = False) -> Classifier:
     """The engine's classifier for one socket: raw IPv4 ICMP sockets deliver the IP header,
     raw ICMPv6 and datagram sockets start at ICMP; datagram sockets also deliver ICMP errors
     through their error queue (``packet.err``)."""
@@ -570,7 +512,7 @@ def _classifier(v6: bool, dgram: bool = False):  # type: ignore[no-untyped-def]
     def classify(pkt: Packet) -> Any:
         err = pkt.err
         if err is not None:
-            if err.origin not in (2, 3):  # only errors that came from the network
+            if not err.from_network:  # a local error (EMSGSIZE ...) names no router
                 return None
             return classify_echo_queued_error(v6, err.type, err.code, err.info, pkt.src, pkt.data)
         return classify_echo(pkt.data, v6, pkt.src, ip_header=ip_header)
@@ -590,3 +532,6 @@ def _ping_group_message() -> str:
         f"ICMP datagram sockets need one of your groups {groups} in net.ipv4.ping_group_range "
         f"(now {lo} {hi}): `sudo sysctl -w net.ipv4.ping_group_range='0 2147483647'`"
     )
+
+
+__getattr__ = deprecated_alias(__name__, {"PingError": ErrorReply})

@@ -51,9 +51,10 @@ import trio
 from ..engine import Diagnostic, Engine, Lease, Session, stream
 from ..errors import FamilyUnavailableError, KeyInUseError, NetdiagError, PrivilegeError
 from ..resolve import resolve, reverse
-from ..sock import DEFAULT_RCVBUF, Bind, IPAddress, Packet, RawSocket, RouteFinder
+from ..sock import DEFAULT_RCVBUF, Bind, IPAddress, Packet, ProbeSocket, RouteFinder
 from ..validate import check_float, check_int
 from ..wire.ip import build_ipv4_header
+from ..wire.tcp import TCP6_CHECKSUM_OFFSET
 from ..wire.trace import (
     PROTO_ICMP,
     PROTO_ICMP6,
@@ -69,6 +70,7 @@ from ..wire.trace import (
     encode_pid,
     mda_probes,
 )
+from ..wire.udp import UDP6_CHECKSUM_OFFSET
 
 __all__ = ["Hop", "Responder", "Trace", "TraceProbe", "TraceResult", "Tracer"]
 
@@ -78,8 +80,6 @@ DEFAULT_PORTS = {"udp": 33434, "tcp": 80}
 #: ICMP types the receive sockets need; the kernel filters out the rest.
 _TYPES4 = (0, 3, 11, 12)
 _TYPES6 = (1, 2, 3, 4, 129)
-_UDP6_CHECKSUM_OFFSET = 6
-_TCP6_CHECKSUM_OFFSET = 16
 
 #: Source ports of UDP/TCP flows: above Linux's default ephemeral range (32768-60999), so the
 #: kernel's own connections rarely share one. ICMP flows use echo identifiers 0..65535.
@@ -87,12 +87,6 @@ _PORT_LO, _PORT_HI = 61000, 65535
 #: How long a finished trace keeps its keys (and flow ids) reserved, at least: replies arriving
 #: in that time are recognised as late, never credited to a later trace that reuses the ids.
 _LINGER = 2.0
-#: Receive buffer of each datagram-mode flow socket: it only queues the errors of that flow's
-#: probes in flight (at most ``Trace.window``), so the raw sockets' megabytes are not needed.
-_FLOW_RCVBUF = 256 << 10
-#: Attempts per datagram-mode send: an ICMP error that reached a flow socket also sets its
-#: pending socket error, which the *next* sendmsg reports (and clears) instead of sending.
-_SEND_ATTEMPTS = 3
 #: Default ``Trace.reach``: the scout probes this many TTLs ahead (traceroute's 16 probes in
 #: flight at 3 per hop look ~5 hops ahead). Probes beyond the destination are wasted -- and
 #: spend the target's ICMP rate limit -- so not the whole ``max_ttl`` range at once.
@@ -349,32 +343,23 @@ class _Family:
         self._anc: dict[tuple[int, bytes], list[tuple[int, int, bytes]]] = {}
 
     def _open(self, v6: bool, bind: Bind, rcvbuf: int, engine: _Owned) -> None:
+        self.icmp = ProbeSocket.raw_icmp(
+            v6, bind, types=_TYPES6 if v6 else _TYPES4, rcvbuf=rcvbuf
+        )
+        engine.add_socket(self.icmp, _icmp_classifier(v6))
+        self.tcp = ProbeSocket.raw_transport(
+            v6, socket.IPPROTO_TCP, bind, rcvbuf=rcvbuf,
+            checksum_offset=TCP6_CHECKSUM_OFFSET if v6 else None,
+        )  # fmt: skip
+        engine.add_socket(self.tcp, _tcp_classifier(v6))
         if v6:
-            self.icmp = RawSocket(
-                True, socket.IPPROTO_ICMPV6, bind, icmp_types=_TYPES6, rcvbuf=rcvbuf
-            )
-            engine.add_socket(self.icmp, _icmp_classifier(True))
-            self.tcp = RawSocket(
-                True, socket.IPPROTO_TCP, bind, rcvbuf=rcvbuf, checksum_offset=_TCP6_CHECKSUM_OFFSET
-            )
-            engine.add_socket(self.tcp, _tcp_classifier(True))
-            self.udp = RawSocket(
-                True,
-                socket.IPPROTO_UDP,
-                bind,
-                receive=False,
-                checksum_offset=_UDP6_CHECKSUM_OFFSET,
+            self.udp = ProbeSocket.raw_sender(
+                True, socket.IPPROTO_UDP, bind, checksum_offset=UDP6_CHECKSUM_OFFSET
             )
             engine.add_socket(self.udp, None)
             self._out = {PROTO_UDP: self.udp, PROTO_TCP: self.tcp, PROTO_ICMP6: self.icmp}
         else:
-            self.icmp = RawSocket(
-                False, socket.IPPROTO_ICMP, bind, icmp_types=_TYPES4, rcvbuf=rcvbuf
-            )
-            engine.add_socket(self.icmp, _icmp_classifier(False))
-            self.tcp = RawSocket(False, socket.IPPROTO_TCP, bind, rcvbuf=rcvbuf)
-            engine.add_socket(self.tcp, _tcp_classifier(False))
-            self.raw = RawSocket(False, socket.IPPROTO_RAW, bind, receive=False, hdrincl=True)
+            self.raw = ProbeSocket.ipv4_header_sender(bind)
             engine.add_socket(self.raw, None)
 
     def source(self, dst: IPAddress) -> bytes:
@@ -405,9 +390,9 @@ class _Owned:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.socks: list[RawSocket] = []
+        self.socks: list[ProbeSocket] = []
 
-    def add_socket(self, sock: RawSocket, classify: Any) -> None:
+    def add_socket(self, sock: ProbeSocket, classify: Any) -> None:
         self.socks.append(sock)
         self.engine.add_socket(sock, classify)
 
@@ -447,43 +432,24 @@ class _DgramFamily:
         """The local address the kernel routes ``dst`` from (connecting sends nothing)."""
         return self.route.source(dst)
 
-    def open_flow(self, src: bytes) -> tuple[RawSocket, int]:
+    def open_flow(self, src: bytes) -> tuple[ProbeSocket, int]:
         """A new flow: a UDP socket with RECVERR bound to ``src`` and a port the kernel picks
         (the flow id), its receive loop started on the engine. Binding the source pins it as
         the raw mode's explicit source does (and a :class:`Bind` device still applies)."""
-        device = Bind(device=self.bind.device) if self.bind.device else None
-        sock = RawSocket(
-            self.v6,
-            socket.IPPROTO_UDP,
-            device,
-            kind=socket.SOCK_DGRAM,
-            rcvbuf=_FLOW_RCVBUF,
-            recverr=True,
-        )
-        try:
-            fam = socket.AF_INET6 if self.v6 else socket.AF_INET
-            try:
-                sock.sock.bind((socket.inet_ntop(fam, src), 0))
-            except OSError as e:
-                if e.errno != errno.EINVAL:  # a link-local source without its scope: let
-                    raise  # the kernel pick the source per packet, as for any UDP socket
-                sock.sock.bind(("::" if self.v6 else "0.0.0.0", 0))
-            port = sock.local_port()
-        except BaseException:
-            sock.close()
-            raise
+        sock = ProbeSocket.udp_flow(self.v6, src, self.bind.device)
+        port = sock.local_port()
         self.engine.add_socket(sock, _queued_udp_classifier(self.v6, port))
         self.open_flows += 1
         return sock, port
 
-    def close_flow(self, sock: RawSocket) -> None:
+    def close_flow(self, sock: ProbeSocket) -> None:
         """Stop the flow socket's receive loop and close it. Idempotent."""
         if sock.fileno() != -1:
             self.open_flows -= 1
         self.engine.remove_socket(sock)
 
     async def send_flow(
-        self, sock: RawSocket, data: bytes, dst_str: str, port: int, ttl: int
+        self, sock: ProbeSocket, data: bytes, dst_str: str, port: int, ttl: int
     ) -> int:
         """Send ``data`` on flow ``sock`` with ``ttl`` as ancillary data (never IP_TTL on the
         socket, so no other probe's TTL can change). A pending error left by an ICMP error
@@ -491,13 +457,8 @@ class _DgramFamily:
         anc = self._anc.get(ttl)
         if anc is None:
             anc = self._anc[ttl] = sock.ancillary(ttl=ttl)
-        for attempt in range(_SEND_ATTEMPTS):
-            try:
-                return await sock.send(data, dst_str, anc, port)  # waits out a full buffer
-            except OSError:
-                if attempt == _SEND_ATTEMPTS - 1:
-                    raise
-        raise AssertionError("unreachable")
+        # The socket waits out a full buffer and retries past a pending error.
+        return await sock.send(data, dst_str, anc, port)
 
     def close(self) -> None:
         self.route.close()
@@ -562,7 +523,7 @@ class _Session(Session):
         self.icmp_token = random.getrandbits(32).to_bytes(4, "big")
         #: datagram mode: flow n is the UDP socket flow_socks[n], its port flow_ports[n]
         self.dgram = bool(getattr(fam, "dgram", False))
-        self.flow_socks: list[RawSocket] = []
+        self.flow_socks: list[ProbeSocket] = []
         self.flow_ports: list[int] = []
         if self.dgram:
             # The kernel hands each flow socket a port no other socket holds, and the socket
@@ -956,7 +917,7 @@ class Tracer(Diagnostic):
         proto: int,
         base: int | None,
         seconds: float,
-        socks: Sequence[tuple[Any, RawSocket]] = (),
+        socks: Sequence[tuple[Any, ProbeSocket]] = (),
     ) -> None:
         def free() -> None:
             for lease in leases:

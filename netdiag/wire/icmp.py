@@ -22,10 +22,23 @@ from .checksum import checksum, ones_sum
 from .ip import IPHeader, parse_ip, parse_ipv4
 
 __all__ = [
+    "DEST_UNREACH4",
+    "DEST_UNREACH6",
     "ECHO_REPLY4",
     "ECHO_REPLY6",
     "ECHO_REQUEST4",
     "ECHO_REQUEST6",
+    "ERROR_TYPES4",
+    "ERROR_TYPES6",
+    "PACKET_TOO_BIG6",
+    "PARAMETER_PROBLEM4",
+    "PARAMETER_PROBLEM6",
+    "PROTO_ICMP4",
+    "REDIRECT4",
+    "REDIRECT6",
+    "SOURCE_QUENCH4",
+    "TIME_EXCEEDED4",
+    "TIME_EXCEEDED6",
     "TOKEN_LEN",
     "Echo",
     "EchoBuilder",
@@ -49,8 +62,32 @@ __all__ = [
     "token_matches",
 ]
 
-ECHO_REQUEST4, ECHO_REPLY4 = 8, 0
-ECHO_REQUEST6, ECHO_REPLY6 = 128, 129
+# ICMPv4 message types (RFC 792; RFC 1812 for parameter problem's use).
+ECHO_REPLY4 = 0
+DEST_UNREACH4 = 3
+SOURCE_QUENCH4 = 4
+REDIRECT4 = 5
+ECHO_REQUEST4 = 8
+TIME_EXCEEDED4 = 11
+PARAMETER_PROBLEM4 = 12
+#: ICMPv4 errors that quote the packet that caused them
+ERROR_TYPES4 = (DEST_UNREACH4, SOURCE_QUENCH4, REDIRECT4, TIME_EXCEEDED4, PARAMETER_PROBLEM4)
+
+# ICMPv6 message types (RFC 4443; redirect: RFC 4861).
+DEST_UNREACH6 = 1
+PACKET_TOO_BIG6 = 2
+TIME_EXCEEDED6 = 3
+PARAMETER_PROBLEM6 = 4
+ECHO_REQUEST6 = 128
+ECHO_REPLY6 = 129
+REDIRECT6 = 137
+#: ICMPv6 errors that quote the packet that caused them
+ERROR_TYPES6 = (DEST_UNREACH6, PACKET_TOO_BIG6, TIME_EXCEEDED6, PARAMETER_PROBLEM6)
+
+#: IP protocol number of ICMP in an IPv4 header
+PROTO_ICMP4 = 1
+#: Where a redirect's quote starts: after the header, the target and the destination address
+_REDIRECT6_QUOTE = 40
 #: Bytes of per-probe random token at the start of our echo payloads.
 TOKEN_LEN = 8
 
@@ -227,32 +264,34 @@ def parse_icmp(data: bytes, v6: bool) -> IcmpMessage:
     if v6:
         if typ in (ECHO_REPLY6, ECHO_REQUEST6):
             return Echo(typ == ECHO_REPLY6, a, b, bytes(data[8:]), ck)
-        if typ == 3:
+        if typ == TIME_EXCEEDED6:
             return _error(ErrorKind.TIME_EXCEEDED, typ, code, None, 0, data)
-        if typ == 1:
+        if typ == DEST_UNREACH6:
             return _error(
                 ErrorKind.UNREACHABLE, typ, code, _UNREACH6.get(code, Unreach.OTHER), 0, data
             )
-        if typ == 2:
+        if typ == PACKET_TOO_BIG6:
             return _error(ErrorKind.PACKET_TOO_BIG, typ, code, None, (a << 16) | b, data)
-        if typ == 4:
+        if typ == PARAMETER_PROBLEM6:
             return _error(ErrorKind.PARAMETER_PROBLEM, typ, code, None, (a << 16) | b, data)
-        if typ == 137:
-            return _error(ErrorKind.REDIRECT, typ, code, None, 0, data, quote_at=40)
+        if typ == REDIRECT6:
+            return _error(
+                ErrorKind.REDIRECT, typ, code, None, 0, data, quote_at=_REDIRECT6_QUOTE
+            )
         return OtherIcmp(typ, code)
     if typ in (ECHO_REPLY4, ECHO_REQUEST4):
         return Echo(typ == ECHO_REPLY4, a, b, bytes(data[8:]), ck)
-    if typ == 11:
+    if typ == TIME_EXCEEDED4:
         return _error(ErrorKind.TIME_EXCEEDED, typ, code, None, 0, data)
-    if typ == 3:
+    if typ == DEST_UNREACH4:
         unreach = _UNREACH4.get(code, Unreach.OTHER)
         mtu = b if unreach is Unreach.FRAG_NEEDED else 0
         return _error(ErrorKind.UNREACHABLE, typ, code, unreach, mtu, data)
-    if typ == 12:
+    if typ == PARAMETER_PROBLEM4:
         return _error(ErrorKind.PARAMETER_PROBLEM, typ, code, None, a >> 8, data)
-    if typ == 4:
+    if typ == SOURCE_QUENCH4:
         return _error(ErrorKind.SOURCE_QUENCH, typ, code, None, 0, data)
-    if typ == 5:
+    if typ == REDIRECT4:
         return _error(ErrorKind.REDIRECT, typ, code, None, 0, data)
     return OtherIcmp(typ, code)
 
@@ -285,7 +324,7 @@ def parse_icmp4_packet(packet: bytes) -> tuple[IPHeader, IcmpMessage] | Unparsab
     ip = parse_ipv4(packet)
     if ip is None:
         return Unparsable("not an IPv4 packet")
-    if ip.proto != 1:
+    if ip.proto != PROTO_ICMP4:
         return Unparsable("not ICMP")
     if ip.fragment_offset:
         return Unparsable("a non-first fragment")
@@ -313,7 +352,7 @@ def classify_echo(
         ip_header
         and len(data) >= 28
         and data[0] == 0x45
-        and data[9] == 1
+        and data[9] == PROTO_ICMP4
         and data[20] == ECHO_REPLY4
         and not (data[6] & 0x1F or data[7])
     ):

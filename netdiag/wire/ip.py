@@ -25,7 +25,20 @@ _V6 = struct.Struct("!IHBB16s16s")
 #: IPv6 extension headers we walk to find the upper-layer protocol (RFC 8200 section 4).
 #: 0 hop-by-hop, 43 routing, 44 fragment, 51 AH, 60 destination options, 135 mobility,
 #: 139 HIP, 140 shim6.
-EXT_HEADERS = frozenset({0, 43, 44, 51, 60, 135, 139, 140})
+# IPv6 extension header "next header" values (RFC 8200 section 4; AH: RFC 4302; mobility: RFC
+# 6275; HIP: RFC 7401; shim6: RFC 5533).
+EXT_HOP_BY_HOP = 0
+EXT_ROUTING = 43
+EXT_FRAGMENT = 44
+EXT_AH = 51
+EXT_DEST_OPTS = 60
+EXT_MOBILITY = 135
+EXT_HIP = 139
+EXT_SHIM6 = 140
+EXT_HEADERS = frozenset(
+    {EXT_HOP_BY_HOP, EXT_ROUTING, EXT_FRAGMENT, EXT_AH, EXT_DEST_OPTS, EXT_MOBILITY, EXT_HIP,
+     EXT_SHIM6}
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,14 +114,14 @@ def parse_ipv6(data: bytes) -> IPHeader | None:
             break
         this = nxt
         nxt = data[off]
-        if this == 44:  # fragment header: fixed 8 bytes
+        if this == EXT_FRAGMENT:  # fixed 8 bytes
             frag_off = struct.unpack_from("!H", data, off + 2)[0] & 0xFFF8
             ident = struct.unpack_from("!I", data, off + 4)[0]
             off += 8
             if frag_off:
                 # Not the first fragment: no upper-layer header follows.
                 break
-        elif this == 51:  # AH: length in 4-octet units minus 2
+        elif this == EXT_AH:  # length in 4-octet units minus 2
             off += (data[off + 1] + 2) * 4
         else:
             off += (data[off + 1] + 1) * 8

@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Literal
 
 from .icmp import IcmpError, Unparsable, parse_icmp, parse_icmp4_packet
 from .ip import parse_ipv4
-from .tcp import ACK, RST, SYN, TcpSegment, parse_tcp
+from .tcp import ACK, PROTO_TCP, RST, SYN, TcpSegment, parse_tcp
 
 __all__ = [
     "KnockEvent",
@@ -35,6 +36,7 @@ __all__ = [
     "answers",
     "classify_icmp",
     "classify_tcp",
+    "outcome",
 ]
 
 #: ``(local address packed, local port, remote address packed, remote port)``.
@@ -71,7 +73,7 @@ def classify_tcp(
             return None
     else:
         ip = parse_ipv4(data)
-        if ip is None or ip.proto != 6 or ip.fragment_offset:
+        if ip is None or ip.proto != PROTO_TCP or ip.fragment_offset:
             return None
         seg_bytes, src, dst = ip.payload, ip.src, ip.dst
     if len(seg_bytes) < 20:
@@ -102,7 +104,7 @@ def classify_icmp(data: bytes, v6: bool) -> tuple[KnockKey, QuotedSyn] | None:
     if not isinstance(msg, IcmpError):
         return None
     q = msg.quote
-    if q is None or q.proto != 6 or q.fragment_offset or len(q.payload) < 8:
+    if q is None or q.proto != PROTO_TCP or q.fragment_offset or len(q.payload) < 8:
         return None
     if len(q.payload) >= 14 and not q.payload[13] & SYN:
         return None  # the quoted segment is not a SYN, so not one of our probes
@@ -122,3 +124,12 @@ def answers(event: KnockEvent, isn: int) -> bool:
     if event.flags & RST:
         return bool(event.flags & ACK) and event.ack == want
     return event.syn_ack and event.ack == want
+
+
+def outcome(event: KnockEvent) -> Literal["open", "closed", "error"]:
+    """What an answer says about the port: a SYN-ACK **open**, a reset **closed**, an ICMP
+    error quoting the SYN an **error** (unreachable, admin-prohibited ...). No answer at all
+    is *filtered*, which the expiry, not a packet, decides."""
+    if isinstance(event, QuotedSyn):
+        return "error"
+    return "closed" if event.flags & RST else "open"

@@ -15,9 +15,11 @@ from .checksum import checksum, pseudo_header_v4, pseudo_header_v6
 __all__ = [
     "ACK",
     "FIN",
+    "PROTO_TCP",
     "PSH",
     "RST",
     "SYN",
+    "TCP6_CHECKSUM_OFFSET",
     "TcpSegment",
     "build_syn",
     "build_syn_dpkt",
@@ -26,6 +28,11 @@ __all__ = [
 ]
 
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
+#: IP protocol number of TCP
+PROTO_TCP = 6
+#: Where the checksum sits in a TCP header: the offset IPV6_CHECKSUM is given so the kernel
+#: fills it over IPv6 (it knows the source address the pseudo-header covers)
+TCP6_CHECKSUM_OFFSET = 16
 _HDR = struct.Struct("!HHIIBBHHH")
 
 

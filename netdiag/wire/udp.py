@@ -20,6 +20,8 @@ import dpkt
 from .checksum import checksum, ones_sum, pseudo_header_v4, pseudo_header_v6
 
 __all__ = [
+    "PROTO_UDP",
+    "UDP6_CHECKSUM_OFFSET",
     "UdpHeader",
     "build_udp",
     "build_udp_dpkt",
@@ -30,6 +32,8 @@ __all__ = [
 
 _HDR = struct.Struct("!HHHH")
 PROTO_UDP = 17
+#: Where the checksum sits in a UDP header (the IPV6_CHECKSUM offset)
+UDP6_CHECKSUM_OFFSET = 6
 
 
 def _pseudo(src: bytes, dst: bytes, length: int) -> bytes:
