@@ -101,6 +101,9 @@ class ProbeStats:
     sent: int = 0
     duplicates: int = 0
     late: int = 0
+    #: probes that left but whose fate is unknown because the run was interrupted (Ctrl-C):
+    #: counted as sent and as lost, as iputils counts them
+    pending: int = 0
     rtt: RttStats = field(default_factory=RttStats)
 
     def add(self, r: Any) -> None:
@@ -118,6 +121,12 @@ class ProbeStats:
 
     def _count(self, r: Any, local: bool) -> None:
         raise NotImplementedError
+
+    def add_pending(self, r: Any) -> None:
+        """Account for a probe still waiting for its answer when the run stopped (what a
+        result stream's ``unresolved()`` gives): sent, and lost."""
+        self.sent += 1
+        self.pending += 1
 
     @classmethod
     def of(cls, results: Iterable[Any]) -> Self:

@@ -195,8 +195,8 @@ class KnockStats(ProbeStats):
 
     @property
     def loss(self) -> float:
-        """The share of SYNs nothing answered (``filtered / sent``)."""
-        return self.filtered / self.sent if self.sent else 0.0
+        """The share of SYNs nothing answered (``(filtered + pending) / sent``)."""
+        return (self.filtered + self.pending) / self.sent if self.sent else 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -208,6 +208,7 @@ class KnockStats(ProbeStats):
             "received": self.received,
             "duplicates": self.duplicates,
             "late": self.late,
+            "pending": self.pending,
             "loss": self.loss,
             **self.rtt.as_dict(),
         }

@@ -95,6 +95,8 @@ def summary(host: str, port: int, s: KnockStats, elapsed: float) -> list[str]:
     ]
     if s.errors:
         parts.append(f"{s.errors} ICMP errors")
+    if s.pending:
+        parts.append(f"{s.pending} unanswered (interrupted)")
     if s.duplicates:
         parts.append(f"+{s.duplicates} duplicates")
     if s.late:
@@ -131,11 +133,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             started = time.monotonic()
 
             async def run() -> None:
-                async for r in knocker.results(knock):
-                    results.append(r)
-                    stats.add(r)
-                    if text and not args.quiet:
-                        print(line(r), flush=True)
+                stream = knocker.results(knock)
+                try:
+                    async for r in stream:
+                        results.append(r)
+                        stats.add(r)
+                        if text and not args.quiet:
+                            print(line(r), flush=True)
+                finally:
+                    # Interrupted: SYNs still waiting count as sent (and unanswered).
+                    stream.close()
+                    for r in stream.unresolved():
+                        stats.add_pending(r)
 
             await cli.until_interrupted(run)
             elapsed = time.monotonic() - started

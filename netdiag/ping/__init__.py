@@ -160,6 +160,7 @@ class PingStats(ProbeStats):
             "errors": self.errors,
             "duplicates": self.duplicates,
             "late": self.late,
+            "pending": self.pending,
             "loss": self.loss,
             **self.rtt.as_dict(),
         }

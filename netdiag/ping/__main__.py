@@ -172,10 +172,17 @@ def _mass(args: argparse.Namespace, hosts: list[str], version: int | None, df: b
 
             async def sweep() -> None:
                 clock["start"] = time.monotonic()
-                async for r in pinger.sweep(addrs, rate=args.rate, **_options(args, df)):
-                    stats[r.addr].add(r)
-                    if args.csv and r.kind == "reply" and not r.duplicate and r.rtt is not None:
-                        print(f"{r.addr},{r.seq},{round(r.rtt * 1e6)}")
+                results = pinger.sweep(addrs, rate=args.rate, **_options(args, df))
+                try:
+                    async for r in results:
+                        stats[r.addr].add(r)
+                        if args.csv and r.kind == "reply" and not r.duplicate and r.rtt is not None:
+                            print(f"{r.addr},{r.seq},{round(r.rtt * 1e6)}")
+                finally:
+                    # Interrupted: requests still waiting count as sent (and lost), as iputils.
+                    results.close()
+                    for r in results.unresolved():
+                        stats[r.addr].add_pending(r)
 
             try:
                 await cli.until_interrupted(sweep)
@@ -254,8 +261,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             async def one(run: HostRun) -> None:
                 run.started = time.monotonic()
+                results = pinger.results(run.ping)
                 try:
-                    async for r in pinger.results(run.ping):
+                    async for r in results:
                         run.results.append(r)
                         run.stats.add(r)
                         if args.csv and r.kind == "reply" and not r.duplicate and r.rtt is not None:
@@ -266,6 +274,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 print(line, flush=True)
                 finally:
                     run.ended = time.monotonic()
+                    # Interrupted: requests still waiting count as sent (and lost), as iputils.
+                    results.close()
+                    for r in results.unresolved():
+                        run.stats.add_pending(r)
 
             async def all_hosts() -> None:
                 async with trio.open_nursery() as nursery:
