@@ -23,7 +23,8 @@ import threading
 from pathlib import Path
 
 import pytest
-from lab import (
+
+from netdiag.testing.lab import (
     DIAMOND,
     DST,
     NETNS_DIR,
