@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import shutil
 
+from ..doctor import effective_caps
 from .lab import DIAMOND, Lab, Topology
 
 __all__ = [
@@ -40,20 +41,8 @@ CAP_NET_RAW = 13
 CAP_SYS_ADMIN = 21
 
 
-def _effective_caps() -> int | None:
-    """CapEff bitmask of this process, or None where /proc does not tell."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("CapEff:"):
-                    return int(line.split()[1], 16)
-    except OSError:
-        pass
-    return None
-
-
 def _has_cap(bit: int) -> bool:
-    caps = _effective_caps()
+    caps = effective_caps()
     return caps is not None and bool(caps >> bit & 1)
 
 
@@ -64,7 +53,7 @@ def has_raw_sockets() -> bool:
     counts only where capabilities cannot be read. (A root container started with
     ``--cap-drop NET_RAW`` is therefore *not* privileged, which is the truth.)
     """
-    caps = _effective_caps()
+    caps = effective_caps()
     if caps is None:
         return os.geteuid() == 0
     return bool(caps >> CAP_NET_RAW & 1)
