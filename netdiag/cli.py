@@ -5,7 +5,9 @@ The CLIs are thin: each parses arguments into the same dataclasses the library t
 ``Trace``, ``Knock``) and prints what the library yields. Everything here exists so that bad input
 gives one clear line and exit status 2 -- never a traceback -- in every tool alike.
 
-Exit statuses follow iputils: 0 success, 1 the target never answered, 2 usage or permission error.
+Exit statuses follow iputils: 0 success, 1 the target never answered, 2 usage or permission error,
+141 (128 + SIGPIPE) when the reader of stdout went away (``... | head -2``): like iputils, the tool
+then stops quietly instead of printing a traceback.
 """
 
 from __future__ import annotations
@@ -28,16 +30,19 @@ from .sock import Bind, parse_address
 __all__ = [
     "EXIT_FAIL",
     "EXIT_OK",
+    "EXIT_PIPE",
     "EXIT_USAGE",
     "Parser",
     "add_family",
     "add_privilege",
     "add_schedule",
+    "add_version",
     "bind_for",
     "drop_privileges",
     "fail",
     "family_of",
     "fmt_ms",
+    "guard_pipe",
     "int_range",
     "main",
     "print_json",
@@ -46,6 +51,9 @@ __all__ = [
 ]
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+#: What a shell reports for a process killed by SIGPIPE, the status iputils ping ends with when
+#: ``| head`` closes the pipe.
+EXIT_PIPE = 128 + signal.SIGPIPE
 
 
 class UsageError(Exception):
@@ -109,20 +117,23 @@ def int_range(lo: int, hi: int, name: str = "value") -> Callable[[str], int]:
     return parse
 
 
-def seconds(lo: float, hi: float, name: str, allow_zero: bool = True) -> Callable[[str], float]:
-    """An argparse type: a duration in seconds within ``[lo, hi]`` (``> 0`` unless allowed)."""
+def seconds(
+    lo: float, hi: float, name: str, allow_zero: bool = True, unit: str = "seconds"
+) -> Callable[[str], float]:
+    """An argparse type: a number of ``unit`` (seconds unless said) within ``[lo, hi]``
+    (``> 0`` unless allowed); the error names the unit, so ``--rate`` does not say seconds."""
 
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"{name} must be a number of seconds, got {text!r}"
+                f"{name} must be a number of {unit}, got {text!r}"
             ) from None
         if math.isnan(value) or value < lo or value > hi or (not allow_zero and value <= 0):
-            low = f">= {lo}" if allow_zero else "> 0"
+            low = f">= {lo:.15g}" if allow_zero else "> 0"
             raise argparse.ArgumentTypeError(
-                f"{name} must be {low} and <= {hi} seconds, got {text}"
+                f"{name} must be {low} and <= {hi:.15g} {unit}, got {text}"
             )
         return value
 
@@ -149,6 +160,19 @@ def add_privilege(p: argparse.ArgumentParser, unprivileged: str) -> None:
     mode.add_argument("--privileged", dest="privileged", action="store_true",
                       help="use raw sockets only (default: raw if permitted, else "
                       "the unprivileged mode)")  # fmt: skip
+
+
+def version_text(prog: str) -> str:
+    """What ``--version`` prints: the tool and the netdiag release it belongs to."""
+    from . import __version__
+
+    return f"{prog} {__version__}" if prog == "netdiag" else f"{prog} (netdiag) {__version__}"
+
+
+def add_version(p: argparse.ArgumentParser) -> None:
+    """``-V`` / ``--version``, as iputils and traceroute spell it."""
+    p.add_argument("-V", "--version", action="version", version=version_text(p.prog),
+                   help="print the version and exit")  # fmt: skip
 
 
 def add_family(p: argparse.ArgumentParser) -> None:
@@ -228,8 +252,52 @@ async def until_interrupted(body: Callable[[], Awaitable[None]]) -> bool:
     return interrupted
 
 
+def _only_broken_pipes(exc: BaseException) -> bool:
+    """True if ``exc`` is a BrokenPipeError, or a (nested) group holding nothing else: trio's
+    nurseries wrap the error raised by a ``print`` inside a task."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only_broken_pipes(e) for e in exc.exceptions)
+    return isinstance(exc, BrokenPipeError)
+
+
+def _pipe_closed() -> int:
+    """stdout's reader is gone: point stdout at /dev/null so the interpreter's final flush of
+    what is still buffered cannot fail again ("Exception ignored ... BrokenPipeError", exit
+    120), and report the status a SIGPIPE death would give."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout already closed or not a real file
+        pass
+    return EXIT_PIPE
+
+
+def guard_pipe(fn: Callable[[], int]) -> int:
+    """Call a CLI body; if stdout's pipe closed meanwhile, exit quietly with :data:`EXIT_PIPE`.
+
+    The one mechanism every tool uses (through :func:`run`, and directly in ``doctor`` and
+    ``netdiag``). Python ignores SIGPIPE, so a closed pipe surfaces as ``BrokenPipeError``
+    from a ``print`` -- usually wrapped in an exception group by trio -- or from the final
+    flush of buffered output, which is why stdout is flushed here, inside the guard.
+    """
+    try:
+        status = fn()
+        sys.stdout.flush()
+        return status
+    except BaseException as e:
+        if _only_broken_pipes(e):
+            return _pipe_closed()
+        raise
+
+
 def run(prog: str, fn: Callable[[], Awaitable[int]]) -> int:
-    """Run an async CLI body under trio, mapping netdiag's errors to one line and exit 2."""
+    """Run an async CLI body under trio, mapping netdiag's errors to one line and exit 2, and a
+    closed stdout pipe to a quiet exit 141 (:func:`guard_pipe`)."""
+    return guard_pipe(lambda: _run(prog, fn))
+
+
+def _run(prog: str, fn: Callable[[], Awaitable[int]]) -> int:
     try:
         return trio.run(fn)
     except PrivilegeError as e:
@@ -240,30 +308,49 @@ def run(prog: str, fn: Callable[[], Awaitable[int]]) -> int:
         fail(prog, str(e))
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        raise  # guard_pipe's business, not a one-line error
     except OSError as e:
         fail(prog, e.strerror or str(e) if not e.filename else str(e))
 
 
+#: subcommand -> (module, one line for ``netdiag --help``)
 _COMMANDS = {
-    "ping": "netdiag.ping.__main__",
-    "trace": "netdiag.trace.__main__",
-    "knock": "netdiag.knock.__main__",
-    "doctor": "netdiag.doctor",
+    "ping": ("netdiag.ping.__main__", "ICMP echo to hosts, or a mass ping of a target file"),
+    "trace": ("netdiag.trace.__main__", "multipath traceroute (Paris flows, MDA)"),
+    "knock": ("netdiag.knock.__main__", "TCP round trips with half-open SYN probes"),
+    "doctor": ("netdiag.doctor", "which modes this user can run here, and how to enable the rest"),
 }
+
+
+def _usage() -> str:
+    width = max(len(c) for c in _COMMANDS)
+    lines = [
+        "usage: netdiag {" + ",".join(_COMMANDS) + "} [options] ...",
+        "       netdiag COMMAND --help   (the options of one command)",
+        "",
+        "commands:",
+    ]
+    lines += [f"  {cmd:<{width}}  {text}" for cmd, (_, text) in _COMMANDS.items()]
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``netdiag ping|trace|knock|doctor ...``: the same tools as ``python -m netdiag.X``."""
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
-        print("usage: netdiag {" + ",".join(_COMMANDS) + "} [options] ...")
-        return EXIT_OK if args else EXIT_USAGE
+        if args:
+            return guard_pipe(lambda: print(_usage()) or EXIT_OK)
+        print(_usage(), file=sys.stderr)
+        return EXIT_USAGE
+    if args[0] in ("-V", "--version"):
+        return guard_pipe(lambda: print(version_text("netdiag")) or EXIT_OK)
     cmd = args.pop(0)
-    module = _COMMANDS.get(cmd)
-    if module is None:
+    entry = _COMMANDS.get(cmd)
+    if entry is None:
         fail("netdiag", f"unknown command {cmd!r}; choose from {', '.join(_COMMANDS)}")
     try:
-        mod = importlib.import_module(module)
+        mod = importlib.import_module(entry[0])
     except ImportError:
         fail("netdiag", f"{cmd} is not available in this version")
     return int(mod.main(args) or 0)

@@ -37,8 +37,8 @@ CLI: list[tuple[str, list[str], str]] = [
     ("ping", ["-6", "127.0.0.1"], "127.0.0.1"),
     ("ping", ["-4", "::1"], "::1"),
     ("ping", ["127.0.0.1", "no-such-host.invalid"], "no-such-host.invalid"),
-    ("ping", ["--rate", "10", "127.0.0.1"], "--rate needs -f"),
-    ("ping", ["-f", "/nonexistent/targets"], "cannot read /nonexistent/targets"),
+    ("ping", ["--rate", "10", "127.0.0.1"], "--rate needs --file"),
+    ("ping", ["--file", "/nonexistent/targets"], "cannot read /nonexistent/targets"),
     ("ping", [], "required"),
     ("ping", ["--bogus", "127.0.0.1"], "unrecognized arguments"),
     # knock
@@ -52,7 +52,7 @@ CLI: list[tuple[str, list[str], str]] = [
     ("knock", ["-i", "nan", "127.0.0.1:80"], "interval must be"),
     ("knock", ["-6", "127.0.0.1:80"], "127.0.0.1"),
     ("knock", ["no-such-host.invalid:80"], "no-such-host.invalid"),
-    ("knock", ["a", "b", "c"], "expected host:port or host port"),
+    ("knock", ["a", "b", "c"], "missing port in 'a'"),
     # trace
     ("trace", ["-f", "10", "-m", "5", "127.0.0.1"], "first TTL (10) exceeds max TTL (5)"),
     ("trace", ["-I", "-p", "80", "127.0.0.1"], "-p does not apply to ICMP"),

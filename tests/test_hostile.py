@@ -734,7 +734,9 @@ def _drop_line(stderr: str) -> tuple[tuple[int, ...], tuple[int, ...], list[int]
     "argv",
     [
         pytest.param(["netdiag.ping", "-c", "2", "-i", "0.05", "{dst4}", "{dst6}"], id="ping"),
-        pytest.param(["netdiag.ping", "-c", "2", "-M", "do", "-f", "-", "--json"], id="mass-ping"),
+        pytest.param(
+            ["netdiag.ping", "-c", "2", "-M", "do", "--file", "-", "--json"], id="mass-ping"
+        ),
         pytest.param(["netdiag.trace", "-I", "-n", "-q", "1", "{dst6}"], id="trace"),
         pytest.param(["netdiag.knock", "-c", "2", "-i", "0.05", "{dst4}", "{port}"], id="knock"),
     ],

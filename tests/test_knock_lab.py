@@ -77,7 +77,7 @@ async def test_loopback_open_closed(version: int, addr: str) -> None:
             shut = await knocker.collect(Knock(addr, closed, count=2, interval=0.01, expiry=2))
             rtts = [r async for r in knocker.knock(Knock(addr, port, count=2, interval=0))]
             refused = [r async for r in knocker.knock(Knock(addr, closed, count=2, interval=0))]
-        assert [(r.seq, r.kind) for r in opened] == [(0, "open"), (1, "open"), (2, "open")]
+        assert [(r.seq, r.kind) for r in opened] == [(1, "open"), (2, "open"), (3, "open")]
         for r in opened:
             assert r.flags & (SYN | ACK | RST) == SYN | ACK
             assert r.rtt is not None and 0 < r.rtt < 2
@@ -182,7 +182,7 @@ async def test_lab_open_port_half_open(clean_lab: Lab, version: int) -> None:
         finally:
             lab.nft_flush("src")
         assert [r.kind for r in results] == ["open"] * 4
-        assert sorted(r.seq for r in results) == [0, 1, 2, 3]
+        assert sorted(r.seq for r in results) == [1, 2, 3, 4]
         for r in results:
             assert r.rtt is not None and 0 < r.rtt < 2
             assert r.responder == ipaddress.ip_address(addr)
@@ -306,7 +306,7 @@ async def test_lab_concurrent_knocks_do_not_mix(lab: Lab) -> None:
     sports: list[tuple[int, int]] = []
     for name, (knock, expected) in knocks.items():
         results = got[name]
-        assert sorted(r.seq for r in results) == list(range(10)), name
+        assert sorted(r.seq for r in results) == list(range(1, 11)), name
         for r in results:
             assert r.kind == expected, (name, r)
             assert r.addr == ipaddress.ip_address(knock.addr) and r.port == knock.port
@@ -358,7 +358,7 @@ def test_cli_open(lab: Lab, version: int) -> None:
         assert lines[0].startswith(f"KNOCK {addr} ({addr}) port {port}")
         probe_lines = [ln for ln in lines if ln.startswith(f"port {port} ")]
         assert len(probe_lines) == 3
-        for seq, ln in enumerate(sorted(probe_lines, key=lambda s: s.split("seq=")[1])):
+        for seq, ln in enumerate(sorted(probe_lines, key=lambda s: s.split("seq=")[1]), 1):
             assert ln.startswith(f"port {port} open: seq={seq} time=") and ln.endswith(" ms")
         assert "3 probes sent, 3 open, 0 closed, 0 filtered" in out
         assert "rtt min/avg/max/mdev = " in out
@@ -448,7 +448,7 @@ async def test_knock_sweep_over_hosts_and_ports(lab: Lab) -> None:
                 assert knocker.engine.table == {}
         kinds = {(str(r.addr), r.port, r.seq): r.kind for r in results}
         for addr in (lab.dst.v4, lab.dst.v6):
-            for seq in (0, 1):
+            for seq in (1, 2):
                 assert kinds[(str(addr), 8443, seq)] == "open"
                 assert kinds[(str(addr), 8444, seq)] == "closed"
         for s in listeners:

@@ -298,6 +298,9 @@ def test_stats_count_outcomes() -> None:
         "error (Network is unreachable)",
     ]
     assert results[0].as_dict()["flags"] == "SA"
+    # the letters as a property, flags stays the int (issue 15)
+    assert results[0].flag_letters == "SA" and results[0].flags == SYN | ACK
+    assert results[1].flag_letters == "RA" and results[2].flag_letters == ""
     assert results[3].as_dict()["error"]["unreach"] == "admin-prohibited"
 
 

@@ -104,7 +104,7 @@ class Knock:
 class KnockResult:
     """The outcome of one SYN, or a duplicate/late copy of an answer.
 
-    ``seq`` is the 0-based probe number (hping3's ``seq=``). ``kind`` is ``"open"``
+    ``seq`` is the 1-based probe number (ping's ``icmp_seq``). ``kind`` is ``"open"``
     (SYN-ACK), ``"closed"`` (RST), ``"filtered"`` (no answer before expiry) or ``"error"`` (an
     ICMP error came back, or the SYN could not be sent; see ``error``). ``rtt`` is set for every
     answer. ``responder`` is who answered (the target, or the router that sent the ICMP error);
@@ -144,6 +144,12 @@ class KnockResult:
         if err.unreach is not None:
             return f"unreachable ({err.unreach.label})"
         return f"{err.kind.value if err.kind else 'error'} ({err.text})"
+
+    @property
+    def flag_letters(self) -> str:
+        """The TCP flags as hping3 prints them: ``"SA"`` (SYN-ACK), ``"RA"`` (RST-ACK); ``""``
+        when no TCP answer came. :attr:`flags` stays the integer."""
+        return _flag_text(self.flags)
 
     def as_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = jsonable(self)
@@ -333,6 +339,7 @@ class _Session(ProbeSession[_Probe, KnockResult]):
         pacer = Pacer(k.interval, self.rate)
         for i in range(k.count):
             await pacer.round(i)
+            seq = i + 1  # 1-based, as ping's icmp_seq (issue 15)
             # Forget probes resolved long enough ago (one extra expiry past their deadline,
             # so late answers are still recognised as late): memory and reserved ports stay
             # bounded on a knock that runs for days.
@@ -340,7 +347,7 @@ class _Session(ProbeSession[_Probe, KnockResult]):
             tsval = (ts_base + time.monotonic_ns() // 1_000_000) & 0xFFFFFFFF
             for t in self.targets:
                 if t.error is not None:
-                    self.push(self.refused(_Probe(t, i), t.error))
+                    self.push(self.refused(_Probe(t, seq), t.error))
                     continue
                 await pacer.probe()
                 v6 = t.fam.v6
@@ -349,14 +356,14 @@ class _Session(ProbeSession[_Probe, KnockResult]):
                     sport = port_sock.getsockname()[1]
                 except OSError as e:
                     text = f"no free source port: {e.strerror or e}"
-                    self.push(self.refused(_Probe(t, i), text))
+                    self.push(self.refused(_Probe(t, seq), text))
                     continue
                 isn = getrandbits(32)
                 data = build_syn(
                     t.local, t.packed, sport, t.port, isn,
                     options=syn_options(v6, tsval), checksum_field=not v6,
                 )  # fmt: skip
-                probe = _Probe(t, i, isn, sport, port_sock)
+                probe = _Probe(t, seq, isn, sport, port_sock)
                 key = (t.local, sport, t.packed, t.port)
                 if await self.launch(
                     key, probe, t.fam.tcp, data, t.dst, t.anc, now=pacer.now, pacer=pacer
@@ -498,7 +505,7 @@ class Knocker(Diagnostic):
     async def knock(self, knock: Knock) -> AsyncIterator[float | None]:
         """Yield, in probe order, each SYN's RTT in seconds if the port answered open
         (SYN-ACK), else ``None`` (closed, filtered or refused; :meth:`results` tells which)."""
-        async for rtt in in_order(self.results(knock), 0, _open_rtt):
+        async for rtt in in_order(self.results(knock), 1, _open_rtt):
             yield rtt
 
     async def collect(self, knock: Knock) -> list[KnockResult]:

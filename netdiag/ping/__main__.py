@@ -1,15 +1,28 @@
 """``python -m netdiag.ping``: iputils-style ping of one or more hosts over one Pinger.
 
-Flags follow iputils where they exist (``-c -i -W -s -t -Q -I -M -4 -6 -q``); ``--json`` prints
-one document with every result and the statistics, ``--csv`` prints ``ip,icmp_seq,
-elapsed_microseconds`` per reply (the Firezone ping challenge format). Several hosts are pinged
-concurrently; the exit status is 0 when every host answered at least once, 1 otherwise, 2 on
-usage or permission errors.
+Flags follow iputils where they exist (``-c -i -W -w -s -t -Q -I -M -n -D -O -V -4 -6 -q``) and
+keep iputils' meaning; ``-f`` (iputils' flood) is refused with a pointer to ``--file``, fping's
+target file. ``--json`` prints one document with every result and the statistics, ``--csv``
+prints ``ip,icmp_seq,elapsed_microseconds`` per reply (the Firezone ping challenge format).
+Several hosts are pinged concurrently; the exit status is 0 when every host answered at least
+once (with ``-w`` and ``-c``: ``-c`` replies), 1 otherwise, 2 on usage or permission errors.
+
+A host given by name prints its replies as ``from name (addr)``, the name looked up in reverse
+(``/etc/hosts`` first, as the C library does), like iputils; a numeric host, or ``-n``, prints
+addresses only and looks nothing up. ``0`` and ``::`` ping this host (127.0.0.1 / ::1), as the
+Linux kernel does for iputils.
+
+Mass ping (``--file``) follows fping: a line that is not a usable target is reported with its
+line number and skipped, ICMP errors are reported per target on stderr, a target that repeats
+an earlier one (the same address) is reported and pinged once, and the summary names targets
+as they were written.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -19,29 +32,62 @@ from typing import Any
 import trio
 
 from .. import cli
-from ..resolve import resolve
+from ..errors import ResolveError
+from ..resolve import literal, resolve, reverse
 from ..sock import IPAddress
 from . import Ping, Pinger, PingResult, PingStats
 
 PROG = "netdiag.ping"
 
 
+#: -c without -w: iputils' default; with -w (a deadline): until the deadline; mass ping: fping's 1
+DEFAULT_COUNT, MASS_COUNT, UNLIMITED = 4, 1, 10**9
+
+
+class _Flood(argparse.Action):
+    """``-f`` is iputils' flood ping; netdiag does not flood, and must not silently take the
+    flag for fping's target file either."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any, **__: Any) -> None:
+        cli.fail(
+            PROG,
+            "-f is iputils' flood ping, which netdiag does not do; "
+            "to read targets from a file (fping's -f) use --file FILE",
+        )
+
+
 def parser() -> cli.Parser:
     p = cli.Parser(prog=PROG, description="Send ICMP echo requests (like iputils ping).")
     p.add_argument("hosts", nargs="*", metavar="host", help="host names or addresses")
     p.add_argument(
-        "-f",
+        "--file",
         dest="file",
         metavar="FILE",
-        help="mass ping (fping style): read targets from FILE, one per line ('-': stdin)",
+        help="mass ping (fping style): read targets from FILE, one per line ('-': stdin); "
+        "-c defaults to 1 here",
+    )
+    p.add_argument(
+        "-f",
+        nargs=0,
+        action=_Flood,
+        help="iputils' flood ping: not supported (exits 2); for a target file use --file",
     )
     p.add_argument(
         "--rate",
-        type=cli.seconds(0, 1e7, "rate", allow_zero=False),
+        type=cli.seconds(0, 1e7, "rate", allow_zero=False, unit="requests per second"),
         metavar="PPS",
-        help="mass ping: at most PPS requests per second (default: as fast as possible)",
+        help="mass ping: send at most PPS echo requests per second in total, over all targets "
+        "(default: as fast as the socket takes them); each target still gets -c requests "
+        "(default 1), rounds -i apart",
     )
     cli.add_schedule(p, "requests", "for each reply")
+    p.set_defaults(count=None)  # 4, unlimited with -w, 1 in mass ping: decided in main()
+    p.add_argument(
+        "-w",
+        dest="deadline",
+        type=cli.seconds(0, 10**6, "deadline", allow_zero=False),
+        help="stop after DEADLINE seconds, however many requests were sent (iputils' -w)",
+    )
     p.add_argument(
         "-s",
         dest="size",
@@ -61,6 +107,19 @@ def parser() -> cli.Parser:
         help="path MTU discovery: do (never fragment), dont, want (kernel default)",
     )
     p.add_argument("-I", dest="source", help="source address or interface name")
+    p.add_argument(
+        "-n", dest="numeric", action="store_true", help="numeric output: no reverse lookups"
+    )
+    p.add_argument(
+        "-D", dest="timestamps", action="store_true", help="print a UNIX timestamp before each line"
+    )
+    p.add_argument(
+        "-O",
+        dest="outstanding",
+        action="store_true",
+        help="report requests that got no answer (when -W expires)",
+    )
+    cli.add_version(p)
     cli.add_privilege(p, "use ICMP datagram sockets (no CAP_NET_RAW; needs ping_group_range)")
     cli.add_family(p)
     out = p.add_mutually_exclusive_group()
@@ -77,24 +136,75 @@ class HostRun:
     host: str
     addr: IPAddress
     ping: Ping
+    numeric: bool = True
     results: list[PingResult] = field(default_factory=list)
     stats: PingStats = field(default_factory=PingStats)
     started: float = 0.0
     ended: float = 0.0
 
 
-def _line(r: PingResult) -> str | None:
-    """The iputils line for one result (timeouts print nothing, as in iputils)."""
+def _line(r: PingResult, who: str | None = None, outstanding: bool = False) -> str | None:
+    """The iputils line for one result; ``who`` names the responder (``name (addr)``).
+    Timeouts print nothing, as in iputils, unless ``outstanding`` (``-O``)."""
     seq = f"icmp_seq={r.seq}"
+    who = who or (str(r.responder) if r.responder is not None else None)
     if r.kind == "reply":
         rtt = f" time={cli.fmt_ms(r.rtt)} ms" if r.rtt is not None else ""
         ttl = f" ttl={r.ttl}" if r.ttl is not None else ""
         tail = " (DUP!)" if r.duplicate else " (late)" if r.late else ""
-        return f"{r.size} bytes from {r.responder}: {seq}{ttl}{rtt}{tail}"
+        return f"{r.size} bytes from {who}: {seq}{ttl}{rtt}{tail}"
     if r.kind == "error" and r.error is not None:
-        who = f"From {r.responder} " if r.responder else ""
-        return f"{who}{seq} {r.error.text}"
+        src = f"From {who} " if who else ""
+        return f"{src}{seq} {r.error.text}"
+    if r.kind == "timeout" and outstanding:
+        return f"no answer yet for {seq}"
     return None
+
+
+class Names:
+    """Reverse lookups for display, once per address (iputils' ``from name (addr)``)."""
+
+    TIMEOUT = 1.0
+
+    def __init__(self) -> None:
+        self._cache: dict[IPAddress, str] = {}
+
+    async def who(self, addr: IPAddress) -> str:
+        if addr not in self._cache:
+            name = None
+            with trio.move_on_after(self.TIMEOUT):
+                name = await reverse(addr)
+            self._cache[addr] = f"{name} ({addr})" if name else str(addr)
+        return self._cache[addr]
+
+
+def _is_numeric(host: str) -> bool:
+    try:
+        literal(host)
+    except ValueError:
+        return False
+    return True
+
+
+_NAME = re.compile(r"^[A-Za-z0-9_.:%\[\]-]+$")
+_DOTTED = re.compile(r"^[0-9.]+$")
+
+
+async def _target(host: str, version: int | None) -> IPAddress:
+    """What ``host`` means to ping: ``0``, ``0.0.0.0`` and ``::`` are this host (the Linux kernel
+    delivers them to loopback, which is what iputils shows); text that cannot be a host name is
+    refused without asking a resolver."""
+    if not _NAME.match(host) or (_DOTTED.match(host) and host != "0" and not _is_numeric(host)):
+        raise ResolveError(f"{host}: not a host name or address")
+    addr = await resolve(host, version)
+    if addr.is_unspecified:
+        addr = ipaddress.ip_address("::1" if addr.version == 6 else "127.0.0.1")
+    return addr
+
+
+def _stamp(line: str, timestamps: bool) -> str:
+    """``-D``: iputils' ``[seconds.micros]`` prefix."""
+    return f"[{time.time():.6f}] {line}" if timestamps else line
 
 
 def _summary(run: HostRun) -> list[str]:
@@ -136,8 +246,9 @@ def _options(args: argparse.Namespace, df: bool | None) -> dict[str, Any]:
     }
 
 
-def _read_targets(path: str) -> list[str]:
-    """Targets from a file, fping style: one per line, blank lines and '#' comments skipped."""
+def _read_targets(path: str) -> list[tuple[str, str]]:
+    """Targets from a file, fping style, with where each came from (``FILE:LINE``): one per
+    line, blank lines and '#' comments skipped."""
     try:
         if path == "-":
             lines = sys.stdin.read().splitlines()
@@ -146,24 +257,50 @@ def _read_targets(path: str) -> list[str]:
                 lines = f.read().splitlines()
     except OSError as e:
         cli.fail(PROG, f"cannot read {path}: {e.strerror}")
-    return [t for line in lines if (t := line.split("#", 1)[0].strip())]
+    except UnicodeDecodeError:
+        cli.fail(PROG, f"cannot read {path}: not a text file")
+    name = "stdin" if path == "-" else path
+    return [
+        (f"{name}:{n}", t)
+        for n, line in enumerate(lines, 1)
+        if (t := line.split("#", 1)[0].strip())
+    ]
 
 
-def _mass(args: argparse.Namespace, hosts: list[str], version: int | None, df: bool | None) -> int:
+def _mass(
+    args: argparse.Namespace, targets: list[tuple[str, str]], version: int | None, df: bool | None
+) -> int:
     """fping-style mass ping: one sweep over every target, a summary line per target."""
     text = not (args.json or args.csv)
     stats: dict[IPAddress, PingStats] = {}
     names: dict[IPAddress, str] = {}
+    first: dict[IPAddress, str] = {}
+    skipped = 0
     clock = {"start": 0.0, "end": 0.0}
 
+    def warn(message: str) -> None:
+        print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+
     async def body() -> int:
+        nonlocal skipped
         addrs = []
-        for host in hosts:
-            addr = await resolve(host, version)
-            if addr not in stats:
-                stats[addr] = PingStats()
-                names[addr] = host
-                addrs.append(addr)
+        for where, host in targets:
+            try:
+                addr = await _target(host, version)
+            except ResolveError as e:  # fping: report the line, ping the rest
+                warn(f"{where}: {e}; skipped")
+                skipped += 1
+                continue
+            if addr in stats:
+                again = "" if host == names[addr] else f" ({addr})"
+                warn(f"{where}: {host}{again} repeats {names[addr]} ({first[addr]}); pinged once")
+                continue
+            stats[addr] = PingStats()
+            names[addr] = host
+            first[addr] = where
+            addrs.append(addr)
+        if not addrs:
+            cli.fail(PROG, "no usable targets")
         # Validate every option before any packet leaves.
         Ping(addrs[0], **_options(args, df))
         async with Pinger(cli.bind_for(args.source), privileged=args.privileged) as pinger:
@@ -178,6 +315,15 @@ def _mass(args: argparse.Namespace, hosts: list[str], version: int | None, df: b
                         stats[r.addr].add(r)
                         if args.csv and r.kind == "reply" and not r.duplicate and r.rtt is not None:
                             print(f"{r.addr},{r.seq},{round(r.rtt * 1e6)}")
+                        elif r.kind == "error" and r.error is not None and not args.quiet:
+                            # fping's per-target ICMP error line, on stderr
+                            print(
+                                f"ICMP {r.error.text} from {r.responder} for ICMP Echo sent "
+                                f"to {names[r.addr]}"
+                                + (f" ({r.addr})" if names[r.addr] != str(r.addr) else ""),
+                                file=sys.stderr,
+                                flush=True,
+                            )
                 finally:
                     # Interrupted: requests still waiting count as sent (and lost), as iputils.
                     results.close()
@@ -185,7 +331,7 @@ def _mass(args: argparse.Namespace, hosts: list[str], version: int | None, df: b
                         stats[r.addr].add_pending(r)
 
             try:
-                await cli.until_interrupted(sweep)
+                await _bounded(sweep, args.deadline)
             finally:
                 clock["end"] = time.monotonic()
         sent = sum(s.sent for s in stats.values())
@@ -197,6 +343,7 @@ def _mass(args: argparse.Namespace, hosts: list[str], version: int | None, df: b
                 {
                     "targets": len(stats),
                     "alive": alive,
+                    "skipped": skipped,
                     "sent": sent,
                     "received": received,
                     "elapsed": elapsed,
@@ -207,11 +354,11 @@ def _mass(args: argparse.Namespace, hosts: list[str], version: int | None, df: b
                 }
             )
         elif text:
-            width = max(len(str(a)) for a in stats)
+            width = max(len(names[a]) for a in stats)
             if not args.quiet:
                 for a, s in stats.items():
                     line = (
-                        f"{a!s:<{width}} : xmt/rcv/%loss = "
+                        f"{names[a]:<{width}} : xmt/rcv/%loss = "
                         f"{s.sent}/{s.received}/{s.loss * 100:.0f}%"
                     )
                     r = s.rtt
@@ -225,9 +372,21 @@ def _mass(args: argparse.Namespace, hosts: list[str], version: int | None, df: b
                 f"{len(stats)} targets, {alive} alive, {sent} sent, {received} received, "
                 f"{loss:g}% loss, {elapsed * 1000:.0f} ms, {rate:.0f} requests/s"
             )
+        if skipped:  # fping: 2 when some targets could not be used
+            return cli.EXIT_USAGE
         return cli.EXIT_OK if alive == len(stats) else cli.EXIT_FAIL
 
     return cli.run(PROG, body)
+
+
+async def _bounded(body: Any, deadline: float | None) -> None:
+    """Run ``body`` until it ends, Ctrl-C, or ``-w``'s deadline -- whichever comes first."""
+
+    async def run() -> None:
+        with trio.move_on_after(deadline if deadline is not None else float("inf")):
+            await body()
+
+    await cli.until_interrupted(run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -237,23 +396,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     bind = cli.bind_for(args.source)
     df = {"do": True, "dont": False, "want": None}[args.pmtu]
     text = not (args.json or args.csv)
+    count_given = args.count is not None
     if args.file is not None:
-        hosts = list(args.hosts) + _read_targets(args.file)
-        if not hosts:
+        if not count_given:
+            args.count = MASS_COUNT
+        targets = [(f"argument {i}", h) for i, h in enumerate(args.hosts, 1)]
+        targets += _read_targets(args.file)
+        if not targets:
             cli.fail(PROG, f"no targets in {args.file}")
-        return _mass(args, hosts, version, df)
+        return _mass(args, targets, version, df)
     if args.rate is not None:
-        p.error("--rate needs -f (mass ping)")
+        p.error("--rate needs --file (mass ping)")
     if not args.hosts:
         p.error("the following arguments are required: host")
+    if not count_given:
+        args.count = UNLIMITED if args.deadline is not None else DEFAULT_COUNT
+    names = Names()
+
+    def out(line: str) -> None:
+        print(_stamp(line, args.timestamps), flush=True)
 
     async def body() -> int:
         # Resolve everything first: a bad host name aborts before a single packet leaves.
         runs: list[HostRun] = []
         for host in args.hosts:
-            addr = await resolve(host, version)
+            addr = await _target(host, version)
             ping = Ping(addr, **_options(args, df))
-            runs.append(HostRun(host, addr, ping))
+            numeric = args.numeric or _is_numeric(host) or host == "0"
+            runs.append(HostRun(host, addr, ping, numeric))
         async with Pinger(bind, privileged=args.privileged) as pinger:
             for run in runs:
                 pinger.prepare(run.ping)
@@ -269,9 +439,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         if args.csv and r.kind == "reply" and not r.duplicate and r.rtt is not None:
                             print(f"{run.addr},{r.seq},{round(r.rtt * 1e6)}", flush=True)
                         elif text and not args.quiet:
-                            line = _line(r)
+                            who = None
+                            if not run.numeric and r.responder is not None:
+                                who = await names.who(r.responder)
+                            line = _line(r, who, args.outstanding)
                             if line:
-                                print(line, flush=True)
+                                out(line)
                 finally:
                     run.ended = time.monotonic()
                     # Interrupted: requests still waiting count as sent (and lost), as iputils.
@@ -286,7 +459,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             print(_header(run), flush=True)
                         nursery.start_soon(one, run)
 
-            await cli.until_interrupted(all_hosts)
+            await _bounded(all_hosts, args.deadline)
         if args.json:
             cli.print_json(
                 {
@@ -305,6 +478,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for run in runs:
                 print()
                 print("\n".join(_summary(run)))
+        if args.deadline is not None and count_given:
+            # iputils: with -w and -c, fewer than COUNT replies by the deadline is a failure
+            return cli.EXIT_OK if all(r.stats.received >= args.count for r in runs) else 1
         return cli.EXIT_OK if all(run.stats.received for run in runs) else cli.EXIT_FAIL
 
     return cli.run(PROG, body)
