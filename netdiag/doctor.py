@@ -17,6 +17,7 @@ from functools import partial
 
 from . import cli
 from .errors import FamilyUnavailableError, PrivilegeError
+from .privilege import ping_group_advice, ping_group_range, raw_socket_advice
 from .sock import ProbeSocket
 
 PROG = "netdiag.doctor"
@@ -59,15 +60,6 @@ def effective_caps() -> int | None:
     return None
 
 
-def ping_group_range() -> tuple[int, int] | None:
-    try:
-        with open("/proc/sys/net/ipv4/ping_group_range") as f:
-            lo, hi = (int(x) for x in f.read().split())
-            return lo, hi
-    except (OSError, ValueError):
-        return None
-
-
 def run_checks() -> list[Check]:
     checks: list[Check] = []
     udp, tcp = socket.IPPROTO_UDP, socket.IPPROTO_TCP
@@ -92,14 +84,11 @@ def run_checks() -> list[Check]:
 
 
 def advice(checks: list[Check]) -> list[str]:
-    """How to enable what failed, most useful first."""
+    """How to enable what failed, most useful first: the same words the errors use
+    (:mod:`netdiag.privilege`)."""
     out: list[str] = []
-    exe = os.path.realpath(sys.executable)
     if not all(c.ok for c in checks if c.name.startswith("raw")):
-        out.append(
-            f"raw sockets (all modes, knock included) need CAP_NET_RAW: run as root, or "
-            f"`sudo setcap cap_net_raw+ep {exe}`"
-        )
+        out.append(raw_socket_advice("raw sockets (all modes, knock included)"))
         if any(c.ok for c in checks if c.name.startswith("UDP + RECVERR")):
             out.append(
                 "without it, traces still run over UDP (`python -m netdiag.trace "
@@ -107,19 +96,20 @@ def advice(checks: list[Check]) -> list[str]:
             )
     dgram = [c for c in checks if c.name.startswith("ICMP datagram")]
     if not all(c.ok for c in dgram):
-        rng = ping_group_range()
-        now = f"{rng[0]} {rng[1]}" if rng else "unknown"
-        out.append(
-            f"unprivileged ping needs your group ({os.getgid()}) in net.ipv4.ping_group_range "
-            f"(now {now}): `sudo sysctl -w net.ipv4.ping_group_range='0 2147483647'`"
-        )
+        out.append("unprivileged ping: " + ping_group_advice())
     return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = cli.Parser(prog=PROG, description="Report which netdiag modes this user can run.")
     p.add_argument("--json", action="store_true", help="print one JSON document")
+    cli.add_version(p)
     args: argparse.Namespace = p.parse_args(argv)
+    return cli.guard_pipe(lambda: report(args))
+
+
+def report(args: argparse.Namespace) -> int:
+    """Run the checks and print them (text or ``--json``); the exit status says if ping can."""
     checks = run_checks()
     caps = effective_caps()
     has_raw = caps is not None and bool(caps >> CAP_NET_RAW & 1)

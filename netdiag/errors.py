@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import sys
+from .privilege import raw_socket_advice
 
 __all__ = [
     "FamilyUnavailableError",
@@ -22,16 +21,12 @@ class PrivilegeError(NetdiagError, PermissionError):
     """Raw sockets were refused: the process lacks CAP_NET_RAW.
 
     It is a :class:`PermissionError` so generic handlers keep working, and its message names the
-    capability and every fix, because "Operation not permitted" alone sends users searching.
+    capability and every fix (:func:`netdiag.privilege.raw_socket_advice`), because "Operation
+    not permitted" alone sends users searching.
     """
 
     def __init__(self, what: str = "raw sockets", *, message: str | None = None) -> None:
-        exe = os.path.realpath(sys.executable)
-        super().__init__(
-            message
-            or f"{what} need CAP_NET_RAW: run as root (sudo), or grant it to the interpreter "
-            f"with `sudo setcap cap_net_raw+ep {exe}`"
-        )
+        super().__init__(message or raw_socket_advice(what))
 
 
 class FamilyUnavailableError(NetdiagError, OSError):

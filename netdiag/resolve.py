@@ -35,6 +35,8 @@ async def resolve(host: str | IPAddress, version: int | None = None) -> IPAddres
                 infos = await trio.socket.getaddrinfo(host, None, family, socket.SOCK_RAW)
             except (socket.gaierror, UnicodeError) as e:
                 msg = e.strerror if isinstance(e, socket.gaierror) else str(e)
+                if version is not None:
+                    await _only_other_family(host, version)
                 raise ResolveError(f"{host}: {msg}") from None
             if not infos:
                 raise ResolveError(f"{host}: no address") from None
@@ -42,6 +44,18 @@ async def resolve(host: str | IPAddress, version: int | None = None) -> IPAddres
     if version is not None and addr.version != version:
         raise ResolveError(f"{host}: not an IPv{version} address")
     return addr
+
+
+async def _only_other_family(host: str, version: int) -> None:
+    """``-6 localhost`` failed: if the name has addresses of the other family, say exactly
+    that (raise), rather than the resolver's "Name or service not known"."""
+    try:
+        infos = await trio.socket.getaddrinfo(host, None, socket.AF_UNSPEC, socket.SOCK_RAW)
+    except (socket.gaierror, UnicodeError):
+        return
+    others = list(dict.fromkeys(str(i[4][0]).split("%", 1)[0] for i in infos))
+    if others:
+        raise ResolveError(f"{host} has no IPv{version} address (only {', '.join(others)})")
 
 
 def literal(host: str) -> IPAddress:

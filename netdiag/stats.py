@@ -79,6 +79,17 @@ class RttStats:
         r = self.rtts
         return sum(abs(r[i] - r[i - 1]) for i in range(1, len(r))) / (len(r) - 1)
 
+    def __repr__(self) -> str:
+        # A summary, not every sample: a day of pings would print 86,400 floats (issue 15).
+        # Seconds, as everywhere in the API; ``rtts`` still holds every sample.
+        if not self.rtts:
+            return "RttStats(count=0)"
+        vals = ", ".join(
+            f"{k}={v:.6g}" for k, v in (("min", self.min), ("avg", self.avg), ("max", self.max),
+                                        ("mdev", self.mdev)) if v is not None
+        )  # fmt: skip
+        return f"RttStats(count={self.count}, {vals})"
+
     def as_dict(self) -> dict[str, float | None]:
         return {
             "min": self.min,

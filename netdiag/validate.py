@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
+import functools
 import math
+from typing import Any, TypeVar
 
-__all__ = ["check_float", "check_int"]
+__all__ = ["check_float", "check_int", "expiry_not_timeout"]
+
+_C = TypeVar("_C", bound=type)
 
 
 def check_int(name: str, value: object, lo: int, hi: int) -> None:
@@ -24,3 +28,22 @@ def check_float(name: str, value: object, lo: float, hi: float, open_low: bool =
     if math.isnan(value) or value > hi or value < lo or (open_low and value == lo):
         low = f"more than {lo}" if open_low else f"at least {lo}"
         raise ValueError(f"{name} must be {low} and at most {hi} seconds, got {value}")
+
+
+def expiry_not_timeout(cls: _C) -> _C:
+    """Class decorator: ``timeout=`` (the name users try first, and what the CLIs' ``-W`` is
+    called) raises a ``TypeError`` that names the field, ``expiry``, instead of Python's bare
+    "unexpected keyword argument". One name per field: no alias to keep in sync."""
+    init = cls.__init__  # type: ignore[misc]
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        if "timeout" in kwargs:
+            raise TypeError(
+                f"{cls.__name__}() has no 'timeout': the seconds each probe waits for its "
+                f"answer are expiry= (the CLIs' -W, trace's -w)"
+            )
+        init(self, *args, **kwargs)
+
+    cls.__init__ = __init__  # type: ignore[misc]
+    return cls

@@ -82,6 +82,16 @@ class Diagnostic:
         """The engine (demux table, counters) behind this object, for introspection."""
         return self._engine
 
+    def __repr__(self) -> str:
+        # What a user debugging a hang wants to see (issue 15): entered or not, the mode, the
+        # families that opened, and the probes in flight (keys in the demux table).
+        name = type(self).__name__
+        families = [f"IPv{6 if v6 else 4}" for v6, _ in self._families.items()]
+        if not families:
+            return f"<{name} not open (outside async with), privileged={self.privileged}>"
+        mode = f" mode={self.mode}" if self.mode else ""
+        return f"<{name}{mode} families={','.join(families)} in_flight={len(self._engine.table)}>"
+
     async def __aenter__(self) -> Self:
         stack = AsyncExitStack()
         stack.callback(self._close_families)

@@ -51,7 +51,7 @@ from ..resolve import resolve
 from ..results import ErrorReply, jsonable
 from ..sock import DEFAULT_RCVBUF, Bind, IPAddress, ProbeSocket, RouteFinder, reserve_tcp_port
 from ..stats import ProbeStats
-from ..validate import check_float, check_int
+from ..validate import check_float, check_int, expiry_not_timeout
 from ..wire.icmp import (
     DEST_UNREACH4,
     DEST_UNREACH6,
@@ -73,6 +73,7 @@ _ICMP_TYPES6 = (DEST_UNREACH6, TIME_EXCEEDED6, PARAMETER_PROBLEM6)
 Outcome = Literal["open", "closed", "filtered", "error"]
 
 
+@expiry_not_timeout
 @dataclass(frozen=True, slots=True)
 class Knock:
     """What to knock on and how. Durations are seconds.

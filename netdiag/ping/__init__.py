@@ -11,7 +11,6 @@ same identifier and sequence (iputils picks identifiers too) are never taken for
 from __future__ import annotations
 
 import ipaddress
-import os
 import random
 import socket
 from collections.abc import AsyncIterator, Iterable
@@ -29,11 +28,12 @@ from ..engine import (
     in_order,
 )
 from ..errors import NetdiagError, PrivilegeError
+from ..privilege import ping_group_advice
 from ..resolve import literal, resolve
 from ..results import ErrorReply, jsonable
 from ..sock import DEFAULT_RCVBUF, IP_PMTUDISC_DO, IP_PMTUDISC_DONT, Bind, IPAddress, ProbeSocket
 from ..stats import ProbeStats
-from ..validate import check_float, check_int
+from ..validate import check_float, check_int, expiry_not_timeout
 from ..wire.icmp import (
     ECHO_REPLY4,
     ECHO_REPLY6,
@@ -60,6 +60,7 @@ _GRACE_EXPIRIES = 2
 MAX_SIZE = 65507  # largest ICMPv4 echo payload in one IPv4 datagram (65535 - 20 - 8)
 
 
+@expiry_not_timeout
 @dataclass(frozen=True, slots=True)
 class Ping:
     """What to ping and how. Durations are seconds.
@@ -371,7 +372,7 @@ class Pinger(Diagnostic):
         try:
             return ProbeSocket.icmp_datagram(v6, self.bind, rcvbuf=self.rcvbuf, pmtudisc=pmtudisc)
         except PrivilegeError:
-            raise PrivilegeError(message=_ping_group_message()) from None
+            raise PrivilegeError(message=ping_group_advice()) from None
 
     def _df_socket(self, fam: _Family, df: bool) -> ProbeSocket:
         """IPv4 has no per-packet DF control, so DF-forced and DF-cleared probes go out through
@@ -519,20 +520,6 @@ def classifier(v6: bool, dgram: bool = False) -> Classifier:
         return classify_echo(pkt.data, v6, pkt.src, ip_header=ip_header)
 
     return classify
-
-
-def _ping_group_message() -> str:
-    """Why ICMP datagram sockets were refused, and how to allow them."""
-    try:
-        with open("/proc/sys/net/ipv4/ping_group_range") as f:
-            lo, hi = (int(x) for x in f.read().split())
-    except (OSError, ValueError):
-        lo, hi = 1, 0
-    groups = sorted({os.getgid(), *os.getgroups()})
-    return (
-        f"ICMP datagram sockets need one of your groups {groups} in net.ipv4.ping_group_range "
-        f"(now {lo} {hi}): `sudo sysctl -w net.ipv4.ping_group_range='0 2147483647'`"
-    )
 
 
 __getattr__ = deprecated_alias(__name__, {"PingError": ErrorReply})

@@ -37,10 +37,8 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import os
 import random
 import socket
-import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
@@ -50,9 +48,10 @@ import trio
 
 from ..engine import Diagnostic, Engine, Lease, Session, stream
 from ..errors import FamilyUnavailableError, KeyInUseError, NetdiagError, PrivilegeError
+from ..privilege import raw_socket_advice
 from ..resolve import resolve, reverse
 from ..sock import DEFAULT_RCVBUF, Bind, IPAddress, Packet, ProbeSocket, RouteFinder
-from ..validate import check_float, check_int
+from ..validate import check_float, check_int, expiry_not_timeout
 from ..wire.ip import build_ipv4_header
 from ..wire.tcp import TCP6_CHECKSUM_OFFSET
 from ..wire.trace import (
@@ -93,6 +92,7 @@ _LINGER = 2.0
 _REACH = 8
 
 
+@expiry_not_timeout
 @dataclass(frozen=True, slots=True)
 class Trace:
     """What to trace and how. Durations are seconds.
@@ -882,9 +882,9 @@ class Tracer(Diagnostic):
         if self.mode == "datagram" and trace.proto != "udp":
             flag = "-I" if trace.proto == "icmp" else "-T"
             raise PrivilegeError(
-                message=f"{trace.proto.upper()} traces ({flag}) need raw sockets, and raw "
-                f"sockets need CAP_NET_RAW: run as root (sudo), or grant it with `sudo setcap "
-                f"cap_net_raw+ep {os.path.realpath(sys.executable)}`; UDP traces work without it"
+                message=f"{trace.proto.upper()} traces ({flag}) need raw sockets, and "
+                + raw_socket_advice()
+                + "; UDP traces work without it"
             )
 
     # -- flow id blocks ----------------------------------------------------------------------

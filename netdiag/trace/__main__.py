@@ -8,8 +8,11 @@ Flags follow traceroute where they exist: ``-I`` ICMP, ``-T`` TCP SYN, ``-U`` UD
 sockets if permitted, else datagram mode: UDP traces over ordinary UDP sockets, no CAP_NET_RAW).
 
 Text output is one line per hop, as traceroute prints it; several responders at one hop share
-the line, each followed by its RTTs (at most three shown) and, with more than one flow, how many
-flows reached it. Exit status: 0 when the target answered, 1 when it did not, 2 on bad input or
+the line, each followed by its RTTs and, with more than one flow, how many flows reached it. Like
+traceroute, every probe's RTT is shown at the destination and with ``-q N``; at hops where the MDA
+sent many flows, at most three per responder. With ``-T`` the destination says whether the port
+answered SYN-ACK (``[open]``) or RST (``[closed]``), as tcptraceroute does. Exit status: 0
+when the target answered, 1 when it did not, 2 on bad input or
 missing privileges (one line on stderr).
 """
 
@@ -88,16 +91,31 @@ def parser() -> cli.Parser:
     cli.add_family(p)
     p.add_argument("-s", dest="source", help="source address or interface name")
     p.add_argument("--json", action="store_true", help="print one JSON document")
+    cli.add_version(p)
     return p
 
 
-def hop_line(hop: Hop, numeric: bool) -> str:
-    """One traceroute line: `` 2  a  0.1 ms  0.1 ms  b  0.2 ms !X``."""
+def tcp_state(hop: Hop, addr: object) -> str:
+    """``-T`` at the destination: ``[open]`` if the port answered SYN-ACK, ``[closed]`` if RST
+    (tcptraceroute's words); ``""`` otherwise."""
+    kinds = {p.kind for p in hop.probes if p.addr == addr and p.destination}
+    if "syn-ack" in kinds:
+        return "[open]"
+    if "rst" in kinds:
+        return "[closed]"
+    return ""
+
+
+def hop_line(hop: Hop, numeric: bool, all_rtts: bool = False) -> str:
+    """One traceroute line: `` 2  a  0.1 ms  0.1 ms  b  0.2 ms !X``. One RTT per probe at the
+    destination and when ``all_rtts`` (``-q``), as traceroute; else at most three each."""
     parts = [f"{hop.ttl:2d}"]
     for r in hop.responders:
         who = str(r.addr) if numeric or not r.name else f"{r.name} ({r.addr})"
-        parts.append(who)
-        for rtt in r.rtts[:MAX_RTTS_SHOWN]:
+        state = tcp_state(hop, r.addr) if r.destination else ""
+        parts.append(f"{who} {state}" if state else who)
+        shown = r.rtts if r.destination or all_rtts else r.rtts[:MAX_RTTS_SHOWN]
+        for rtt in shown:
             parts.append(f"{cli.fmt_ms(rtt)} ms")
         if r.mark:
             parts[-1] += f" {r.mark}"
@@ -105,7 +123,8 @@ def hop_line(hop: Hop, numeric: bool) -> str:
             n = len(r.flows)
             parts.append(f"[{n} flow{'s' if n != 1 else ''}]")
     if hop.timeouts:
-        parts.append(" ".join("*" * min(hop.timeouts, MAX_RTTS_SHOWN)))
+        stars = hop.timeouts if all_rtts else min(hop.timeouts, MAX_RTTS_SHOWN)
+        parts.append(" ".join("*" * stars))
     return "  ".join(parts)
 
 
@@ -179,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             async for hop in tracer.trace(trace):
                 hops.append(hop)
                 if not args.json:
-                    print(hop_line(hop, args.numeric), flush=True)
+                    print(hop_line(hop, args.numeric, args.flows is not None), flush=True)
 
         await cli.until_interrupted(run)
 
