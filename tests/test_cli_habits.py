@@ -377,3 +377,92 @@ def test_name_without_ipv6_says_so(lab: Lab) -> None:
                    check=False, timeout=60)  # fmt: skip
     assert out.returncode == 2
     assert out.stderr.strip() == "netdiag.ping: localhost has no IPv6 address (only 127.0.0.1)"
+
+
+# -- 8: mass ping shows ICMP errors per target, as fping does (lab) ---------------------------
+
+
+def test_mass_ping_reports_icmp_errors_per_target(clean_lab: Lab) -> None:
+    lab = clean_lab
+    lab.nft(
+        "r3",
+        """
+        table inet t {
+            chain fw {
+                type filter hook forward priority 0;
+                icmp type echo-request reject with icmp type admin-prohibited
+            }
+        }""",
+    )
+    dst4, r1 = lab.dst.v4, lab.r1.on("src", 4)
+    out = lab.exec("src", sys.executable, "-m", "netdiag.ping", "--file", "-", "-W", "1",
+                   input=f"{dst4}\n{r1}\n", check=False, timeout=60)  # fmt: skip
+    assert out.returncode == 1  # dst never answered
+    errors = [ln for ln in out.stderr.splitlines() if ln.startswith("ICMP ")]
+    assert len(errors) == 1, out.stderr
+    assert re.match(rf"^ICMP .*[Pp]rohibited.* from \S+ for ICMP Echo sent to {dst4}$", errors[0])
+    assert re.search(rf"^{dst4} +: xmt/rcv/%loss = 1/0/100%$", out.stdout, re.M), out.stdout
+    assert re.search(rf"^{r1} +: xmt/rcv/%loss = 1/1/0%, min/avg/max = ", out.stdout, re.M)
+    quiet = lab.exec("src", sys.executable, "-m", "netdiag.ping", "--file", "-", "-q", "-W", "1",
+                     input=f"{dst4}\n", check=False, timeout=60)  # fmt: skip
+    assert "ICMP " not in quiet.stderr  # fping -q: no ICMP error lines either
+
+
+# -- 8: trace, the traceroute / tcptraceroute way ----------------------------------------------
+
+
+@pytest.mark.privileged
+def test_trace_destination_rtts_and_tcp_state(listener: int) -> None:
+    out = tool("netdiag.trace", "-n", "-q", "4", "-T", "-p", str(listener), "127.0.0.1")
+    assert out.returncode == 0, out.stderr
+    line = out.stdout.splitlines()[1]
+    assert line.startswith(" 1  127.0.0.1 [open]  ")
+    assert line.count(" ms") == 4  # one RTT per probe, as traceroute -q 4 shows
+    closed = closed_port()
+    out = tool("netdiag.trace", "-n", "-T", "-p", str(closed), "127.0.0.1")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[1].startswith(" 1  127.0.0.1 [closed]  ")
+    out = tool("netdiag.trace", "-n", "127.0.0.1")  # UDP: no TCP state to show
+    assert "[open]" not in out.stdout and "[closed]" not in out.stdout
+
+
+# -- 9: API consistency -----------------------------------------------------------------------
+
+
+def test_timeout_keyword_names_expiry() -> None:
+    for make in (
+        lambda: netdiag.Ping("127.0.0.1", timeout=1),
+        lambda: netdiag.Knock("127.0.0.1", 80, timeout=1),
+        lambda: netdiag.Trace("127.0.0.1", timeout=1),
+    ):
+        with pytest.raises(TypeError, match=r"has no 'timeout'.* expiry="):
+            make()
+    assert netdiag.Ping("127.0.0.1", expiry=1.5).expiry == 1.5
+
+
+def test_stats_repr_summarises() -> None:
+    s = netdiag.PingStats()
+    for i in range(1, 1001):
+        s.rtt.add(i / 1e6)
+    text = repr(s)
+    assert "RttStats(count=1000, min=1e-06, avg=0.0005005, max=0.001, mdev=" in text
+    assert len(text) < 200  # not a thousand floats
+    assert "RttStats(count=0)" in repr(netdiag.KnockStats())
+
+
+@pytest.mark.privileged
+async def test_diagnostic_reprs() -> None:
+    pinger = netdiag.Pinger()
+    assert repr(pinger) == "<Pinger not open (outside async with), privileged=None>"
+    async with pinger:
+        assert re.fullmatch(r"<Pinger mode=raw families=IPv4,IPv6 in_flight=0>", repr(pinger))
+        seen: list[str] = []
+        async for r in pinger.results(netdiag.Ping("127.0.0.1", count=2, interval=0.05)):
+            if r.seq == 1:  # the second request is still to come or in flight
+                seen.append(repr(pinger))
+        # request 1's key stays registered after its reply (so a duplicate is recognised)
+        assert re.fullmatch(r"<Pinger mode=raw families=IPv4,IPv6 in_flight=[1-9]\d*>", seen[0])
+    async with netdiag.Tracer() as tracer:
+        assert repr(tracer).startswith("<Tracer mode=raw families=IPv4")
+    async with netdiag.Knocker() as knocker:
+        assert repr(knocker).startswith("<Knocker families=IPv4")
