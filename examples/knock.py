@@ -21,7 +21,7 @@ def split(target: str) -> tuple[str, int]:
 
 async def knock_one(knocker: Knocker, host: str, port: int) -> None:
     # The simple stream: the RTT when the port answered open, else None.
-    seq = 0
+    seq = 1  # 1-based, as KnockResult.seq
     async for rtt in knocker.knock(Knock(host, port, count=4, interval=0.5, expiry=1.0)):
         print(
             f"{host} port {port} seq {seq}", "no SYN-ACK" if rtt is None else f"{rtt * 1e3:.3f} ms"
