@@ -263,6 +263,18 @@ def test_ping_names_like_iputils() -> None:
     assert "64 bytes from 127.0.0.1: icmp_seq=1" in numeric.stdout
     literal = tool("netdiag.ping", "-c", "1", "127.0.0.1")  # an address: no lookup at all
     assert "64 bytes from 127.0.0.1: icmp_seq=1" in literal.stdout
+    short = tool("netdiag.ping", "-c", "1", "127.1")  # inet_aton's short form is numeric too
+    assert "PING 127.1 (127.0.0.1)" in short.stdout
+    assert "64 bytes from 127.0.0.1: icmp_seq=1" in short.stdout
+
+
+def test_what_counts_as_a_host_without_asking_a_resolver() -> None:
+    from netdiag.ping.__main__ import _NAME, _is_numeric
+
+    assert all(_NAME.match(h) for h in ("bücher.example", "a-b_c.d", "[::1]", "fe80::1%lo"))
+    assert not any(_NAME.match(h) for h in ("a b", "!!", "x/y", ""))
+    assert _is_numeric("127.1") and _is_numeric("0") and _is_numeric("::")
+    assert not _is_numeric("300.1.2.3") and not _is_numeric("localhost")
 
 
 @pytest.mark.privileged

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import re
+import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -178,23 +179,30 @@ class Names:
         return self._cache[addr]
 
 
+_NAME = re.compile(r"^[\w.:%\[\]-]+$")  # \w: letters of any script (IDN names), digits, _
+_DOTTED = re.compile(r"^[0-9.]+$")
+
+
 def _is_numeric(host: str) -> bool:
+    """An address as written, including inet_aton's short forms (``0``, ``127.1``) that
+    iputils takes as numeric: such a host prints addresses, with no reverse lookup."""
     try:
         literal(host)
     except ValueError:
-        return False
+        if not _DOTTED.match(host):
+            return False
+        try:
+            socket.inet_aton(host)
+        except OSError:
+            return False
     return True
-
-
-_NAME = re.compile(r"^[A-Za-z0-9_.:%\[\]-]+$")
-_DOTTED = re.compile(r"^[0-9.]+$")
 
 
 async def _target(host: str, version: int | None) -> IPAddress:
     """What ``host`` means to ping: ``0``, ``0.0.0.0`` and ``::`` are this host (the Linux kernel
     delivers them to loopback, which is what iputils shows); text that cannot be a host name is
     refused without asking a resolver."""
-    if not _NAME.match(host) or (_DOTTED.match(host) and host != "0" and not _is_numeric(host)):
+    if not _NAME.match(host) or (_DOTTED.match(host) and not _is_numeric(host)):
         raise ResolveError(f"{host}: not a host name or address")
     addr = await resolve(host, version)
     if addr.is_unspecified:
@@ -422,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for host in args.hosts:
             addr = await _target(host, version)
             ping = Ping(addr, **_options(args, df))
-            numeric = args.numeric or _is_numeric(host) or host == "0"
+            numeric = args.numeric or _is_numeric(host)
             runs.append(HostRun(host, addr, ping, numeric))
         async with Pinger(bind, privileged=args.privileged) as pinger:
             for run in runs:
