@@ -83,6 +83,11 @@ def parser() -> cli.Parser:
     )
     cli.add_schedule(p, "requests", "for each reply")
     p.set_defaults(count=None)  # 4, unlimited with -w, 1 in mass ping: decided in main()
+    for action in p._actions:
+        if action.dest == "count":
+            action.help = (
+                "stop after COUNT requests (default 4; with -w: until the deadline; 1 with --file)"
+            )
     p.add_argument(
         "-w",
         dest="deadline",
