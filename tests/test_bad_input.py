@@ -20,6 +20,7 @@ from lab import Lab
 
 from netdiag import Bind, Knock, Knocker, Ping, Pinger, Trace, Tracer
 from netdiag import sock as nsock
+from netdiag.testing import UNRESOLVABLE as NO_SUCH_HOST
 
 # -- CLI ------------------------------------------------------------------------------------------
 
@@ -36,7 +37,7 @@ CLI: list[tuple[str, list[str], str]] = [
     ("ping", ["-M", "maybe", "127.0.0.1"], "invalid choice"),
     ("ping", ["-6", "127.0.0.1"], "127.0.0.1"),
     ("ping", ["-4", "::1"], "::1"),
-    ("ping", ["127.0.0.1", "no-such-host.invalid"], "no-such-host.invalid"),
+    ("ping", ["127.0.0.1", NO_SUCH_HOST], NO_SUCH_HOST),
     ("ping", ["--rate", "10", "127.0.0.1"], "--rate needs --file"),
     ("ping", ["--file", "/nonexistent/targets"], "cannot read /nonexistent/targets"),
     ("ping", [], "required"),
@@ -51,7 +52,7 @@ CLI: list[tuple[str, list[str], str]] = [
     ("knock", ["-W", "0", "127.0.0.1:80"], "timeout must be > 0"),
     ("knock", ["-i", "nan", "127.0.0.1:80"], "interval must be"),
     ("knock", ["-6", "127.0.0.1:80"], "127.0.0.1"),
-    ("knock", ["no-such-host.invalid:80"], "no-such-host.invalid"),
+    ("knock", [f"{NO_SUCH_HOST}:80"], NO_SUCH_HOST),
     ("knock", ["a", "b", "c"], "missing port in 'a'"),
     # trace
     ("trace", ["-f", "10", "-m", "5", "127.0.0.1"], "first TTL (10) exceeds max TTL (5)"),
@@ -63,7 +64,7 @@ CLI: list[tuple[str, list[str], str]] = [
     ("trace", ["-p", "0", "127.0.0.1"], "port must be between 1 and 65535"),
     ("trace", ["--mda", "90", "127.0.0.1"], "invalid choice"),
     ("trace", ["-I", "-T", "127.0.0.1"], "not allowed with argument"),
-    ("trace", ["no-such-host.invalid"], "no-such-host.invalid"),
+    ("trace", [NO_SUCH_HOST], NO_SUCH_HOST),
     ("trace", [], "required"),
     # doctor
     ("doctor", ["--bogus"], "unrecognized arguments"),
@@ -137,7 +138,7 @@ def test_cli_bad_input_sends_nothing_on_the_wire(clean_lab: Lab) -> None:
     d4, d6 = str(lab.dst.v4), str(lab.dst.v6)
     lab.nft("dst", COUNT_FROM_SRC)
     bad = [
-        ("netdiag.ping", [d4, d6, "no-such-host.invalid"]),
+        ("netdiag.ping", [d4, d6, NO_SUCH_HOST]),
         ("netdiag.ping", ["-c", "2", "-s", "70000", d4]),
         ("netdiag.ping", ["-M", "do", "-t", "0", d6]),
         ("netdiag.knock", [f"{d4}:22", "-c", "0"]),

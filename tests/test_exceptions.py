@@ -2,8 +2,7 @@
 ``async for`` comes out as itself, never wrapped in an ExceptionGroup by the object's nursery;
 netdiag's own errors (a name that does not resolve, a wrong argument) likewise.
 
-The bad host name is one the IDNA codec refuses before any lookup (a label over 63
-characters), so no DNS query leaves the machine.
+The bad host name is netdiag.testing.UNRESOLVABLE: no DNS query leaves the machine.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from netdiag import (
 
 pytestmark = pytest.mark.privileged
 
-BAD_NAME = "x" * 64 + ".invalid"
+from netdiag.testing import UNRESOLVABLE as BAD_NAME  # noqa: E402
 
 
 class Mine(Exception):

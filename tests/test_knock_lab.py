@@ -22,6 +22,7 @@ import trio
 from lab import Lab
 
 from netdiag import Bind, Knock, Knocker, KnockStats
+from netdiag.testing import UNRESOLVABLE as NO_SUCH_HOST
 from netdiag.wire.icmp import Unreach
 from netdiag.wire.tcp import ACK, RST, SYN
 
@@ -416,7 +417,7 @@ def test_cli_filtered_and_admin_prohibited(clean_lab: Lab) -> None:
         (["198.18.6.2"], "missing port"),
         (["2001:db8:6::2"], "missing port"),
         (["198.18.6.2:"], "missing port"),
-        (["no-such-host.invalid:80"], "no-such-host.invalid"),
+        ([f"{NO_SUCH_HOST}:80"], NO_SUCH_HOST),
         (["-c", "0", "198.18.6.2:80"], "count"),
         (["-6", "198.18.6.2:80"], "not an IPv6 address"),
     ],

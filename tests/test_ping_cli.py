@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from netdiag.cli import fmt_ms
+from netdiag.testing import UNRESOLVABLE as NO_SUCH_HOST
 
 
 def run(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -34,7 +35,7 @@ BAD = [
     (["-Q", "300", "127.0.0.1"], "tos must be between 0 and 255"),
     (["-4", "-6", "127.0.0.1"], "not allowed with argument"),
     (["-6", "127.0.0.1"], "not an IPv6 address"),
-    (["no-such-host.invalid"], "no-such-host.invalid"),
+    ([NO_SUCH_HOST], NO_SUCH_HOST),
     ([], "the following arguments are required"),
     (["--bogus", "127.0.0.1"], "unrecognized arguments"),
     (["-M", "sometimes", "127.0.0.1"], "invalid choice"),

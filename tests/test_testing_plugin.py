@@ -13,7 +13,7 @@ from netdiag.testing import lab_unavailable_reason
 
 pytestmark = pytest.mark.lab
 
-USER_TEST = '''
+USER_TEST = """
 import trio
 from netdiag import Ping, Pinger
 
@@ -31,7 +31,7 @@ def test_pings_dst_from_src(netdiag_clean_lab):
 
     rtts = trio.run(main)
     assert len(rtts) == 2 and all(r is not None for r in rtts)
-'''
+"""
 
 
 def test_a_user_project_gets_the_lab_fixture(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ from .lab import DIAMOND, Lab, Topology
 
 __all__ = [
     "DIAMOND",
+    "UNRESOLVABLE",
     "Lab",
     "Topology",
     "has_raw_sockets",
@@ -36,6 +37,11 @@ __all__ = [
     "require_privileged",
     "skip_or_fail",
 ]
+
+#: A host name that fails to resolve without a single DNS query leaving the machine: its first
+#: label is longer than the 63 characters DNS allows, so the IDNA codec refuses it before any
+#: lookup. Tests of "unknown host" errors use it, since the host's resolver is outside.
+UNRESOLVABLE = "x" * 64 + ".invalid"
 
 CAP_NET_RAW = 13
 CAP_SYS_ADMIN = 21
