@@ -22,8 +22,9 @@ object's own (``bind``, ``privileged``). Parameters are checked before any socke
 and errors are raised as themselves (``ValueError``, :class:`~netdiag.ResolveError`,
 :class:`~netdiag.PrivilegeError`...), never wrapped in an ``ExceptionGroup``.
 
-Opening raw sockets costs about a millisecond per call: for many calls, or concurrent ones,
-keep one object open in trio or asyncio instead, or use :func:`sweep` for many targets.
+Each call pays for opening and closing an object (sockets, receive tasks, a trio run): for many
+calls, or concurrent ones, keep one object open in trio or asyncio instead, or use
+:func:`sweep` for many targets.
 """
 
 from __future__ import annotations
