@@ -154,6 +154,28 @@ def test_arguments_are_checked_at_once_and_use_needs_async_with() -> None:
 
 
 @pytest.mark.privileged
+def test_a_call_running_when_the_object_closes_raises() -> None:
+    async def main() -> None:
+        pinger = AsyncioPinger()
+        first = asyncio.Event()
+
+        async def long_ping() -> None:
+            async for _ in pinger.results(Ping("127.0.0.1", count=1000, interval=0.5)):
+                first.set()
+
+        async with pinger:
+            task = asyncio.create_task(long_ping())
+            await first.wait()
+        with pytest.raises(RuntimeError, match="closed during the call"):
+            await task
+        assert pinger.engine.table == {}
+        with pytest.raises(RuntimeError, match="async with"):
+            await pinger.collect(Ping("127.0.0.1", count=1))
+
+    run(main)
+
+
+@pytest.mark.privileged
 def test_tracer_and_knocker_share_the_loop_with_a_pinger() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as srv:
         srv.bind(("127.0.0.1", 0))

@@ -66,6 +66,13 @@ def test_docs_sync_script_is_the_example() -> None:
     assert body in doc
 
 
+def test_docs_asyncio_starlette_snippet_is_the_example() -> None:
+    doc = (ROOT / "docs" / "asyncio.md").read_text()
+    code = (EXAMPLES / "asyncio_starlette.py").read_text()
+    body = code.split("from netdiag.aio import AsyncioPinger\n", 1)[1].strip()
+    assert body in doc
+
+
 def test_plain_asyncio_http_endpoint() -> None:
     http = _load("asyncio_http")
 
