@@ -147,10 +147,15 @@ class _Host:
         _settle(self.ready, error=error)
         _settle(self.done)
 
-    def call(self, fn: Callable[..., object], *args: Any) -> None:
-        """Run ``fn(*args)`` inside trio soon (wakes trio if it is waiting for I/O)."""
+    def call(self, fn: Callable[..., object], *args: Any) -> bool:
+        """Run ``fn(*args)`` inside trio soon (wakes trio if it is waiting for I/O); False if
+        the trio run has already ended (nothing can run there any more)."""
         assert self.token is not None
-        self.token.run_sync_soon(fn, *args)
+        try:
+            self.token.run_sync_soon(fn, *args)
+        except trio.RunFinishedError:
+            return False
+        return True
 
     async def release(self) -> None:
         self.users -= 1
@@ -298,7 +303,8 @@ class _Bridge(Generic[D]):
         """Run ``start(native)`` in a trio task and yield what it yields, batch by batch."""
         host = self._entered()
         ch: _Channel[T] = _Channel(host.loop)
-        host.call(self._spawn_pump, ch, start)
+        if not host.call(self._spawn_pump, ch, start):
+            raise RuntimeError(f"the trio run hosting this {type(self).__name__} has ended")
         try:
             while True:
                 if ch.batch:
@@ -315,10 +321,9 @@ class _Bridge(Generic[D]):
                     ch.waiter = host.loop.create_future()
                     await ch.waiter
         finally:
-            if not ch.finished:
-                # Cancelled, or left early: stop the trio task and wait until it has released
-                # its probes' keys, so "cancelled" means what it means in trio.
-                host.call(ch.cancel)
+            # Cancelled, or left early: stop the trio task and wait until it has released its
+            # probes' keys, so "cancelled" means what it means in trio.
+            if not ch.finished and host.call(ch.cancel):
                 await asyncio.shield(ch.closed)
 
     def _spawn_pump(self, ch: _Channel[T], start: Callable[[D], AsyncIterator[T]]) -> None:
@@ -330,6 +335,7 @@ class _Bridge(Generic[D]):
 
     async def _pump(self, ch: _Channel[T], start: Callable[[D], AsyncIterator[T]]) -> None:
         error: BaseException | None = None
+        completed = False
         try:
             with trio.CancelScope() as scope:
                 ch.scope = scope
@@ -345,6 +351,7 @@ class _Bridge(Generic[D]):
                             ch.paused = trio.Event()
                             await ch.paused.wait()
                             ch.paused = None
+                    completed = True
                 finally:
                     aclose = getattr(it, "aclose", None)
                     if aclose is not None:
@@ -353,8 +360,9 @@ class _Bridge(Generic[D]):
         except Exception as e:
             error = e
         finally:
-            closing = self._stop is not None and self._stop.is_set()
-            if error is None and not ch.cancelled and closing:
+            # Cancelled from outside (the object closing, or the trio run ending): the consumer
+            # must not take a cut-short stream for a complete one.
+            if error is None and not completed and not ch.cancelled:
                 error = RuntimeError(f"{type(self).__name__} was closed during the call")
             self._finish(ch, error)
 

@@ -136,11 +136,17 @@ def _run_in_thread(fn: Callable[[], Awaitable[T]]) -> T:
             done.append(trio.run(main))
         except BaseException as e:
             failed.append(e)
+        finally:
+            finished.set()
 
+    # Waiting on an Event, not Thread.join: a KeyboardInterrupt that interrupts join() can leave
+    # the Thread marked stopped while it still runs (CPython's bpo-45274 handling), and the
+    # second join would then return at once.
+    finished = threading.Event()
     worker = threading.Thread(target=work, name="netdiag.sync", daemon=True)
     worker.start()
     try:
-        worker.join()
+        finished.wait()
     except KeyboardInterrupt:
         # Stop the diagnostic (its sockets close), then let the interrupt propagate.
         interrupted.set()
@@ -148,8 +154,10 @@ def _run_in_thread(fn: Callable[[], Awaitable[T]]) -> T:
             token, scope = started[0]
             with contextlib.suppress(trio.RunFinishedError):
                 token.run_sync_soon(scope.cancel)
+        finished.wait()
         worker.join()
         raise
+    worker.join()
     if failed:
         raise failed[0]
     return done[0]

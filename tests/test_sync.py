@@ -13,6 +13,8 @@ import dataclasses
 import inspect
 import ipaddress
 import socket
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -197,3 +199,27 @@ def test_from_a_running_loop_the_worker_thread_is_in_the_callers_namespace(
     with lab.enter("src"):
         report = asyncio.run(main())
     assert report.received == 2
+
+
+@pytest.mark.privileged
+def test_ctrl_c_stops_a_call_running_in_the_worker_thread() -> None:
+    """As in Jupyter: a loop runs in the main thread (without asyncio.run's SIGINT handler), a
+    long sync.ping runs in a worker thread, SIGINT arrives. The KeyboardInterrupt must reach
+    the caller after the worker's ping was cancelled (no thread left behind), not after the
+    100 s the ping would take."""
+    code = """
+import asyncio, os, signal, threading
+from netdiag import sync
+
+async def main():
+    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+    try:
+        sync.ping("127.0.0.1", count=1000, interval=0.1)
+    except KeyboardInterrupt:
+        print("interrupted", [t.name for t in threading.enumerate()])
+
+asyncio.new_event_loop().run_until_complete(main())
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "interrupted ['MainThread']"
