@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -137,6 +138,45 @@ def test_exceptions_arrive_as_themselves() -> None:
                 await t.collect(Trace("nosuch..invalid"))
 
     run(main)
+
+
+@pytest.mark.privileged
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) missing")
+def test_privilege_error_on_entering_arrives_as_itself() -> None:
+    """Without CAP_NET_RAW (root with it dropped, as tests/test_unprivileged.py does), entering
+    an AsyncioKnocker raises PrivilegeError itself, and the guest run is released: the next
+    object on the loop (a Pinger on ICMP datagram sockets, or the same error) still works."""
+    code = textwrap.dedent(
+        """
+        import asyncio
+        from netdiag import PrivilegeError, sync
+        from netdiag.aio import AsyncioKnocker, AsyncioTracer
+
+        async def main():
+            for cls in (AsyncioKnocker, AsyncioTracer):
+                try:
+                    async with cls(**({"privileged": True} if cls is AsyncioTracer else {})):
+                        print("entered")
+                except PrivilegeError as e:
+                    print(cls.__name__, type(e).__name__, "CAP_NET_RAW" in str(e))
+
+        asyncio.run(main())
+        try:
+            sync.knock("127.0.0.1", 9)
+        except PrivilegeError as e:
+            print("sync", type(e).__name__)
+        """
+    )
+    drop = ["setpriv", "--inh-caps=-net_raw", "--bounding-set=-net_raw"]
+    proc = subprocess.run(
+        [*drop, sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[:3] == [
+        "AsyncioKnocker PrivilegeError True",
+        "AsyncioTracer PrivilegeError True",
+        "sync PrivilegeError",
+    ]
 
 
 def test_arguments_are_checked_at_once_and_use_needs_async_with() -> None:
