@@ -161,7 +161,8 @@ def test_works_from_threads_asyncio_and_trio() -> None:
 def test_ping_and_sweep_in_the_lab(lab: Lab, v: int) -> None:
     with lab.enter("src"):
         report = sync.ping(_dst(lab, v), count=3, interval=0.02)
-        reports = sync.sweep([lab.r1.v4 if v == 4 else lab.r1.v6, _dst(lab, v)], count=2)
+        r1 = lab.r1.v4 if v == 4 else lab.r1.v6
+        reports = sync.sweep([r1, _dst(lab, v)], count=2, interval=0.02)
     assert (report.sent, report.received) == (3, 3)
     assert {r.ttl for r in report.results} == {61}  # three routers on the way back
     assert [(r.sent, r.received) for r in reports] == [(2, 2), (2, 2)]
