@@ -236,6 +236,14 @@ def test_tracer_and_knocker_share_the_loop_with_a_pinger() -> None:
                 assert [r.kind for r in pings] == ["reply", "reply"]
                 opened = [rtt async for rtt in k.knock(Knock("127.0.0.1", port, count=1))]
                 assert len(opened) == 1 and opened[0] is not None
+                with socket.socket() as spare:  # a port nothing listens on
+                    spare.bind(("127.0.0.1", 0))
+                    closed = spare.getsockname()[1]
+                pairs = [("127.0.0.1", port), ("127.0.0.1", closed)]
+                sweep = k.sweep(pairs, count=2, interval=0.01)
+                swept = sorted([(r.port, r.kind) async for r in sweep])
+                assert swept == sorted([(port, "open"), (closed, "closed")] * 2)
+                assert t.mode == "raw"
 
         run(main)
 
