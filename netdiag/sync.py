@@ -164,8 +164,8 @@ def _run_in_thread(fn: Callable[[], Awaitable[T]]) -> T:
 
 
 async def _use(obj: D, fn: Callable[[D], Awaitable[T]]) -> T:
-    """``await fn(obj)`` inside ``async with obj``, its exception raised outside the object's
-    nursery so that it arrives as itself, not as an ``ExceptionGroup``."""
+    """``await fn(obj)`` inside ``async with obj``, its exception re-raised after the object
+    has closed: it arrives as itself whatever the object's exit does with exceptions."""
     error: Exception | None = None
     async with obj:
         try:
