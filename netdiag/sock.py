@@ -18,6 +18,7 @@ Design choices, and why:
 
 from __future__ import annotations
 
+import array
 import contextlib
 import errno
 import ipaddress
@@ -43,6 +44,7 @@ __all__ = [
     "PerFamily",
     "ProbeSocket",
     "RouteFinder",
+    "ephemeral_ports",
     "parse_address",
     "reserve_tcp_port",
 ]
@@ -62,6 +64,9 @@ IPV6_CHECKSUM = getattr(socket, "IPV6_CHECKSUM", 7)
 SOL_RAW = getattr(socket, "SOL_RAW", 255)
 ICMP_FILTER = 1  # <linux/icmp.h>, on SOL_RAW
 ICMP6_FILTER = 1  # <netinet/icmp6.h>, on IPPROTO_ICMPV6
+SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
+#: ``struct sock_fprog { unsigned short len; struct sock_filter *filter; }``
+_SOCK_FPROG = struct.Struct("@HP")
 
 _MSG_TRUNC = int(socket.MSG_TRUNC)  # a plain int: enum arithmetic costs ~1 µs per packet
 _AF_INET6 = int(socket.AF_INET6)
@@ -157,6 +162,9 @@ class ProbeSocket:
     #: Datagrams the kernel dropped because the receive buffer was full (SO_RXQ_OVFL), as last
     #: reported; the engine turns increases into a counter and a warning.
     drops: int = 0
+    #: whether a classic BPF filter (:mod:`netdiag.wire.bpf`) is attached, and why not
+    kernel_filter: bool = False
+    kernel_filter_error: str | None = None
 
     def __init__(self, v6: bool, kind: int, proto: int, what: str) -> None:
         """Open the bare socket; use the named constructors instead."""
@@ -376,6 +384,24 @@ class ProbeSocket:
                     mask &= ~(1 << t)
             self._sock.setsockopt(SOL_RAW, ICMP_FILTER, struct.pack("@I", mask))
 
+    def attach_filter(self, program: bytes) -> bool:
+        """Attach (or atomically replace) a classic BPF program built by
+        :mod:`netdiag.wire.bpf`: from now on the kernel drops what it rejects before any copy
+        to us. Returns False, keeping the reason in :attr:`kernel_filter_error`, if the kernel
+        refused it; the socket then works as before (the classifiers still decide)."""
+        buf = array.array("B", program)  # a stable address the kernel copies from
+        fprog = _SOCK_FPROG.pack(len(program) // 8, buf.buffer_info()[0])
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+        except OSError as e:
+            self.kernel_filter_error = e.strerror or str(e)
+            return False
+        finally:
+            del buf
+        self.kernel_filter = True
+        self.kernel_filter_error = None
+        return True
+
     def _checksum(self, offset: int | None) -> None:
         if offset is not None:
             self._sock.setsockopt(socket.IPPROTO_IPV6, IPV6_CHECKSUM, offset)
@@ -515,6 +541,17 @@ def _make_packet(
     return Packet(
         data, src, dst, ttl, stamp, kernel, addr[1], bool(flags & _MSG_TRUNC), err, drops
     )
+
+
+def ephemeral_ports() -> tuple[int, int] | None:
+    """The kernel's ephemeral port range in this network namespace (what ``bind(0)`` picks
+    from, so every port :func:`reserve_tcp_port` reserves), or ``None`` if unreadable."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = (int(x) for x in f.read().split())
+    except (OSError, ValueError):
+        return None
+    return (lo, hi) if 0 < lo <= hi <= 0xFFFF else None
 
 
 def reserve_tcp_port(v6: bool) -> socket.socket:

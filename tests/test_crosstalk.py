@@ -45,6 +45,11 @@ async def test_everyone_probing_one_target_gets_only_their_own_answers(lab: Lab,
     try:
         with lab.enter("src"):
             async with Pinger() as a, Pinger() as b, Tracer() as tracer:
+                # The kernel filter keeps other processes' replies out of a Pinger (issue 12):
+                # give b a's identifier block, so a and b do hear each other and must tell
+                # replies apart by their tokens.
+                b._ident_pool.base = a._ident_pool.base
+                b._kernel_filter(b._ident_pool.range)
                 results: dict[str, list] = {}
 
                 async def ping(name: str, pinger: Pinger) -> None:
@@ -61,6 +66,9 @@ async def test_everyone_probing_one_target_gets_only_their_own_answers(lab: Lab,
                 # them: that is what makes the zero-cross-talk assertion below meaningful.
                 assert a.foreign + a.engine.stats.unmatched > 0
                 assert b.foreign + b.engine.stats.unmatched > 0
+                for p in (a, b):  # all else that passed the filter was refused
+                    st = p.engine.stats
+                    assert st.received == 60 + p.foreign + st.unmatched + st.ignored, st
     finally:
         outs = []
         for p in others:

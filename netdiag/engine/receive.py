@@ -47,6 +47,9 @@ class EngineStats:
     #: datagrams the kernel dropped because a receive buffer was full (SO_RXQ_OVFL): replies
     #: lost on this host, which the probes report as timeouts
     kernel_drops: int = 0
+    #: kernel packet filters (cBPF) attached or replaced: with one on a socket, ``received``
+    #: counts what the filter passed, and ``ignored + unmatched`` what Python then rejected
+    filter_updates: int = 0
 
 
 def _family(sock: ProbeSocket) -> str:

@@ -49,9 +49,18 @@ from ..engine import (
 )
 from ..resolve import resolve
 from ..results import ErrorReply, jsonable
-from ..sock import DEFAULT_RCVBUF, Bind, IPAddress, ProbeSocket, RouteFinder, reserve_tcp_port
+from ..sock import (
+    DEFAULT_RCVBUF,
+    Bind,
+    IPAddress,
+    ProbeSocket,
+    RouteFinder,
+    ephemeral_ports,
+    reserve_tcp_port,
+)
 from ..stats import ProbeStats
 from ..validate import check_float, check_int, expiry_not_timeout
+from ..wire.bpf import icmp_error_port_filter, tcp_port_filter
 from ..wire.icmp import (
     DEST_UNREACH4,
     DEST_UNREACH6,
@@ -429,6 +438,25 @@ class Knocker(Diagnostic):
 
         # Raw sockets already handed to the engine are closed by it; the finder is ours.
         self._families.open(open_family, lambda fam: fam.route.close())
+        self._kernel_filter()
+
+    # -- kernel filter (issue 12): a hook kept apart from the probing code ---------------------
+
+    def _kernel_filter(self) -> None:
+        """Let only segments to, and ICMP errors quoting segments from, the ephemeral port
+        range (where every reserved source port comes from) reach Python. A socket the kernel
+        refuses a filter stays unfiltered: the ISN check still decides what is ours."""
+        ports = ephemeral_ports()
+        if ports is None:
+            return
+        lo, hi = ports
+        for v6, fam in self._families.items():
+            if fam.tcp.attach_filter(tcp_port_filter(v6, lo, hi)):
+                self._engine.stats.filter_updates += 1
+            if isinstance(fam.icmp, ProbeSocket) and fam.icmp.attach_filter(
+                icmp_error_port_filter(v6, socket.IPPROTO_TCP, lo, hi)
+            ):
+                self._engine.stats.filter_updates += 1
 
     def _source(self, target: IPAddress) -> IPAddress:
         """Our address towards ``target``: the bound one, or what the kernel's route picks."""

@@ -27,13 +27,14 @@ from ..engine import (
     ResultStream,
     in_order,
 )
-from ..errors import NetdiagError, PrivilegeError
+from ..errors import PrivilegeError
 from ..privilege import ping_group_advice
 from ..resolve import literal, resolve
 from ..results import ErrorReply, jsonable
 from ..sock import DEFAULT_RCVBUF, IP_PMTUDISC_DO, IP_PMTUDISC_DONT, Bind, IPAddress, ProbeSocket
 from ..stats import ProbeStats
 from ..validate import check_float, check_int, expiry_not_timeout
+from ..wire.bpf import Range, echo_filter
 from ..wire.icmp import (
     ECHO_REPLY4,
     ECHO_REPLY6,
@@ -49,6 +50,7 @@ from ..wire.icmp import (
     token_matches,
 )
 from ..wire.packet import Packet
+from .idents import IdentPool
 
 __all__ = ["Ping", "PingResult", "PingStats", "Pinger"]
 
@@ -347,8 +349,9 @@ class Pinger(Diagnostic):
         rcvbuf: int = DEFAULT_RCVBUF,
     ) -> None:
         super().__init__(bind, rcvbuf, privileged)
-        self._idents: dict[tuple[bytes, int], int] = {}
-        self._next_ident = random.randrange(0x10000)
+        # Identifiers from one aligned block, so the kernel filter is one mask-and-compare.
+        self._ident_pool = IdentPool()
+        self._ident_pool.on_grow = self._kernel_filter
         #: replies whose identifier and sequence matched but whose token did not (another
         #: process's pings, or forgeries): never credited
         self.foreign = 0
@@ -364,6 +367,8 @@ class Pinger(Diagnostic):
         self._families.open(open_family, lambda fam: fam.sock.close())
         for v6, fam in self._families.items():
             self._engine.add_socket(fam.sock, classifier(v6, dgram))
+        if not dgram:
+            self._kernel_filter(self._ident_pool.range)
 
     def _new_socket(self, v6: bool, dgram: bool, pmtudisc: int | None = None) -> ProbeSocket:
         if not dgram:
@@ -406,22 +411,23 @@ class Pinger(Diagnostic):
 
     def _allocate_ident(self, packed: bytes) -> int:
         """An identifier no other running ping of this Pinger uses for the same target."""
-        for _ in range(0x10000):
-            ident = self._next_ident
-            self._next_ident = (ident + 1) & 0xFFFF
-            if (packed, ident) not in self._idents:
-                self._idents[(packed, ident)] = 1
-                return ident
-        raise NetdiagError("more than 65536 concurrent pings to one target")
+        return self._ident_pool.allocate(packed)
 
     def _claim_ident(self, packed: bytes, ident: int) -> bool:
-        if (packed, ident) in self._idents:
-            return False
-        self._idents[(packed, ident)] = 1
-        return True
+        return self._ident_pool.claim(packed, ident)
 
     def _release_ident(self, packed: bytes, ident: int) -> None:
-        self._idents.pop((packed, ident), None)
+        self._ident_pool.release(packed, ident)
+
+    # -- kernel filter (issue 12): a hook kept apart from the probing code ---------------------
+
+    def _kernel_filter(self, idents: Range) -> None:
+        """(Re)attach each raw socket's cBPF filter for the identifier block: only replies
+        and errors with our identifiers reach Python. Attaching replaces the old program
+        atomically; a kernel that refuses leaves the socket unfiltered (tokens still decide)."""
+        for v6, fam in self._families.items():
+            if not fam.dgram and fam.sock.attach_filter(echo_filter(v6, [idents])):
+                self._engine.stats.filter_updates += 1
 
     def results(self, ping: Ping) -> ResultStream[PingResult]:
         """Ping and yield every outcome as it happens: replies (in arrival order), timeouts,

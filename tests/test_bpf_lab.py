@@ -1,0 +1,76 @@
+"""The kernel filters on real sockets (issue 12): what they drop never reaches Python, what is
+ours still does -- replies and ICMP errors, IPv4 and IPv6."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import trio
+from lab import Lab
+
+from netdiag import Ping, Pinger
+from netdiag.wire.icmp import build_echo
+
+pytestmark = [pytest.mark.lab, pytest.mark.privileged]
+
+FOREIGN = 300  # echo requests another program sends from the same host, bounded
+
+
+def _foreign_pings(v6: bool, dst: str, ident: int) -> socket.socket:
+    """Send FOREIGN echo requests with ``ident`` from a plain raw socket; return an
+    unfiltered raw socket opened before, which hears every reply (the control)."""
+    fam = socket.AF_INET6 if v6 else socket.AF_INET
+    proto = socket.IPPROTO_ICMPV6 if v6 else socket.IPPROTO_ICMP
+    control = socket.socket(fam, socket.SOCK_RAW, proto)
+    control.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    with socket.socket(fam, socket.SOCK_RAW, proto) as s:
+        for seq in range(FOREIGN):
+            s.sendto(build_echo(ident, seq, b"foreign!" * 4, v6), (dst, 0))
+    return control
+
+
+def _count_replies(control: socket.socket, v6: bool, ident: int) -> int:
+    control.setblocking(False)
+    n = 0
+    while True:
+        try:
+            data = control.recv(2048)
+        except BlockingIOError:
+            return n
+        off = 0 if v6 else (data[0] & 0x0F) * 4
+        if data[off] == (129 if v6 else 0) and int.from_bytes(data[off + 4 : off + 6]) == ident:
+            n += 1
+
+
+@pytest.mark.parametrize("v", [4, 6])
+async def test_foreign_replies_stay_in_the_kernel(lab: Lab, v: int) -> None:
+    v6 = v == 6
+    dst = str(lab.dst.v4 if v == 4 else lab.dst.v6)
+    with lab.enter("src"):
+        async with Pinger() as p:
+            fam_sock = p._family(v6).sock  # test-only peek: the socket the filter is on
+            assert fam_sock.kernel_filter, fam_sock.kernel_filter_error
+            foreign_ident = (p._ident_pool.base ^ 0x8000) & 0xFFFF  # outside our block
+            control = _foreign_pings(v6, dst, foreign_ident)
+            rs = await p.collect(Ping(dst, count=20, interval=0.005, expiry=1.0))
+            await trio.sleep(0.2)  # let every foreign reply arrive
+            with control:
+                heard = _count_replies(control, v6, foreign_ident)
+            stats = p.engine.stats
+    assert [r.kind for r in rs] == ["reply"] * 20
+    assert heard >= FOREIGN * 0.9  # the replies did reach the host ...
+    # ... but not the Pinger: it received only its own 20 (the filter passed nothing else).
+    assert stats.received == 20, stats
+    assert stats.ignored == stats.unmatched == stats.kernel_drops == 0
+    assert stats.filter_updates >= 1
+
+
+@pytest.mark.parametrize("v", [4, 6])
+async def test_errors_quoting_our_requests_pass(lab: Lab, v: int) -> None:
+    dst = str(lab.dst.v4 if v == 4 else lab.dst.v6)
+    with lab.enter("src"):
+        async with Pinger() as p:
+            rs = await p.collect(Ping(dst, count=3, interval=0.01, expiry=1.0, ttl=1))
+    assert [r.kind for r in rs] == ["error"] * 3
+    assert all(r.error is not None and r.error.kind.name == "TIME_EXCEEDED" for r in rs)
