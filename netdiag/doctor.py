@@ -19,6 +19,7 @@ from . import cli
 from .errors import FamilyUnavailableError, PrivilegeError
 from .privilege import ping_group_advice, ping_group_range, raw_socket_advice
 from .sock import ProbeSocket
+from .wire.bpf import Range, echo_filter
 
 PROG = "netdiag.doctor"
 CAP_NET_RAW = 13
@@ -46,6 +47,23 @@ def _try(opener: Callable[[], ProbeSocket]) -> tuple[bool, str]:
         return False, e.strerror or str(e)
     s.close()
     return True, ""
+
+
+def _try_filter(v6: bool) -> tuple[bool, str]:
+    """Attach a Pinger's kernel filter (cBPF) as the Pinger would -- to a raw ICMP socket, or
+    a UDP socket when raw ones are refused (filters are not a privilege)."""
+    try:
+        s = ProbeSocket.raw_icmp(v6, None, types=())
+    except OSError:
+        try:
+            s = ProbeSocket.udp_flow(v6, None, None)
+        except OSError as e:
+            return False, e.strerror or str(e)
+    try:
+        ok = s.attach_filter(echo_filter(v6, [Range(0, 0xFF00)]))
+        return ok, s.kernel_filter_error or ""
+    finally:
+        s.close()
 
 
 def effective_caps() -> int | None:
@@ -80,6 +98,8 @@ def run_checks() -> list[Check]:
         for name, used_by, opener in rows:
             ok, detail = _try(opener)
             checks.append(Check(name, used_by, ok, detail))
+        ok, detail = _try_filter(v6)
+        checks.append(Check(f"kernel filter ({fam})", "only own replies reach ping/knock", ok, detail))
     return checks
 
 
@@ -94,6 +114,11 @@ def advice(checks: list[Check]) -> list[str]:
                 "without it, traces still run over UDP (`python -m netdiag.trace "
                 "--unprivileged`, chosen automatically); -I and -T need CAP_NET_RAW"
             )
+    if not all(c.ok for c in checks if c.name.startswith("kernel filter")):
+        out.append(
+            "this kernel refused classic BPF socket filters (SO_ATTACH_FILTER): netdiag still "
+            "works, but every ICMP packet the host receives reaches it and is parsed in Python"
+        )
     dgram = [c for c in checks if c.name.startswith("ICMP datagram")]
     if not all(c.ok for c in dgram):
         out.append("unprivileged ping: " + ping_group_advice())

@@ -333,3 +333,23 @@ def test_ident_pool_grows_and_stays_one_block() -> None:
     assert not pool.claim(b"\x7f\0\0\3", (pool.base ^ 0x8000) & 0xFFFF)  # outside the block
     pool.release(target, got[0])
     assert pool.claim(target, got[0])
+
+
+def test_a_refused_filter_leaves_the_socket_working_and_doctor_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from netdiag import doctor
+    from netdiag.sock import ProbeSocket
+
+    s = ProbeSocket.udp_flow(False, None, None)
+    try:
+        bogus = struct.pack("=HBBI", 0xFFFF, 0, 0, 0)  # no such instruction: EINVAL
+        assert not s.attach_filter(bogus)
+        assert not s.kernel_filter and s.kernel_filter_error
+        assert s.attach_filter(echo_filter(False, [OURS]))
+        assert s.kernel_filter and s.kernel_filter_error is None
+    finally:
+        s.close()
+    monkeypatch.setattr(doctor, "_try_filter", lambda v6: (False, "Invalid argument"))
+    tips = [t for t in doctor.advice(doctor.run_checks()) if "BPF" in t]
+    assert len(tips) == 1 and "still works" in tips[0]
