@@ -293,7 +293,14 @@ def main() -> None:
     p.add_argument("--progress", action="store_true")
     p.add_argument("--profile", help="cProfile the sweep/ping itself, write the stats here")
     p.add_argument("--deadline", type=float, default=300.0, help="hard cap in seconds")
+    p.add_argument("--no-kernel-filter", action="store_true",
+                   help="do not attach cBPF filters (the before-issue-12 behaviour, for --flood)")
     args = p.parse_args()
+    if args.no_kernel_filter:
+        from netdiag.sock import ProbeSocket
+
+        if hasattr(ProbeSocket, "attach_filter"):
+            ProbeSocket.attach_filter = lambda self, program: False  # type: ignore[method-assign]
 
     fn = {"knock": run_knock, "trace": run_trace}.get(args.mode, run_ping_like)
     try:

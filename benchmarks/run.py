@@ -746,6 +746,49 @@ class Bench:
             row.wire = rtt_errors(cap, probes)
             self._finish(row, proc, None)
 
+    def flood(self, workload: str, count: int, rate: float, pings: int, interval: float,
+              kernel_filter: bool) -> None:  # fmt: skip
+        """Issue 12's flood: dst sends ``count`` foreign and malformed ICMP packets at src's
+        address (benchmarks/_flood_worker.py, paced at ``rate``/s, bounded in time) while netdiag
+        and, beside it, iputils ping each ping their own address on dst ``pings`` times every
+        ``interval``. A raw ICMP socket in src receives a copy of every flood packet: what it
+        costs netdiag (CPU of the whole process and of the ping itself, replies lost, what its
+        receive loop saw and refused) with and without its kernel filter."""
+        src_addr = str(self.lab.node("src").ifaces[0].addr(4))
+        flooder = [self.py, str(HERE / "_flood_worker.py"), "--to", src_addr, "--count",
+                   str(count), "--rate", str(rate), "--seconds", str(count / rate * 2 + 5)]
+        addr_nd, addr_ip = "198.18.200.11", "198.18.200.12"
+        nd = self.argv_netdiag("ping", 1, pings, interval, addr=addr_nd)
+        if not kernel_filter:
+            nd.append("--no-kernel-filter")
+        label = "netdiag" if kernel_filter else "netdiag (no filter)"
+        before = snmp_counters(self.lab, "src")
+        fl = spawn(self.lab, "dst", flooder, timeout=count / rate * 2 + 10)
+        time.sleep(0.3)  # the flood is on before either ping starts ...
+        h_nd = spawn(self.lab, "src", nd, timeout=pings * interval + 60)
+        time.sleep(0.25)  # ... and netdiag's imports are done when iputils starts
+        h_ip = spawn(self.lab, "src", self.argv_iputils(addr_ip, pings, interval),
+                     timeout=pings * interval + 60)  # fmt: skip
+        p_nd, p_ip = reap(h_nd, workload, self.progress), reap(h_ip)
+        p_fl = reap(fl)
+        try:
+            fres = json.loads(p_fl.stdout.strip().splitlines()[-1])
+        except (IndexError, ValueError):
+            fres = {"sent": 0, "rate": 0.0, "error": p_fl.stderr.strip()[-200:]}
+        flood_note = f"flood {fres['sent']:,} pkts at {fres['rate']:,.0f}/s"
+        row = Row(label, workload, pings)
+        self._parse_worker(row, p_nd)
+        eng = row.extra.get("engine", {})
+        row.note = (f"{flood_note}; socket passed {eng.get('received', 0):,}, Python refused "
+                    f"{eng.get('ignored', 0) + eng.get('unmatched', 0) + row.extra.get('foreign', 0):,}"
+                    f", kernel drops {eng.get('kernel_drops', 0):,}, filters "
+                    f"{eng.get('filter_updates', 0)}")  # fmt: skip
+        self._finish(row, p_nd, before)
+        irow = Row("iputils-ping", workload, pings)
+        self._parse_iputils(irow, p_ip, addr_ip)
+        irow.note = f"beside {label}; {flood_note}"
+        self._finish(irow, p_ip, None)
+
     def trace(self, workload: str, repeat: int) -> None:
         """Tracer.route over the ECMP diamond of tests/lab.py (a second lab, built here), MDA
         95 %, every hop answering at once; plus traceroute's wall time for scale."""
@@ -982,6 +1025,12 @@ def parse_args() -> argparse.Namespace:
                    choices=("mass", "rtt", "load", "knock", "trace", "icmplib", "baseline",
                             "dgram"))
     p.add_argument("--router", action="store_true", help="put a router between src and dst")
+    p.add_argument("--flood", action="store_true",
+                   help="also: ping 60 x 30 ms under a flood of foreign/malformed ICMP, with and "
+                        "without netdiag's kernel filter, iputils ping beside (issue 12)")
+    p.add_argument("--flood-only", action="store_true", help="the flood section alone")
+    p.add_argument("--flood-count", type=int, default=300_000, help="flood packets (bounded)")
+    p.add_argument("--flood-rate", type=float, default=80_000.0, help="flood packets per second")
     p.add_argument("--profile", action="store_true", help="cProfile netdiag's first mass run")
     p.add_argument("--py-spy", action="store_true", help="also record a py-spy flame graph")
     p.add_argument("--deadline", type=float, default=120.0, help="per netdiag/fping process (s)")
@@ -994,6 +1043,8 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
+    if args.flood_only:
+        args.skip += ["mass", "rtt", "load", "knock", "trace", "icmplib"]
     if os.geteuid() != 0:
         print("run.py: needs root (namespaces, raw sockets)", file=sys.stderr)
         return 2
@@ -1078,6 +1129,11 @@ def main() -> int:
             wl = f"knock {knock_hosts}x{len(ports)}"
             log(f"== {wl}")
             bench.knock(wl, knock_hosts, ports)
+        if args.flood or args.flood_only:
+            wl = f"flood {args.flood_count // 1000}k + ping 60x30ms"
+            for kernel_filter in (False, True):
+                log(f"== {wl} ({'with' if kernel_filter else 'without'} the kernel filter)")
+                bench.flood(wl, args.flood_count, args.flood_rate, 60, 0.03, kernel_filter)
         if "trace" not in args.skip:
             log("== trace (ECMP diamond lab)")
             bench.trace("trace diamond", 3 if args.quick else 10)
