@@ -99,7 +99,9 @@ def run_checks() -> list[Check]:
             ok, detail = _try(opener)
             checks.append(Check(name, used_by, ok, detail))
         ok, detail = _try_filter(v6)
-        checks.append(Check(f"kernel filter ({fam})", "only own replies reach ping/knock", ok, detail))
+        checks.append(
+            Check(f"kernel filter ({fam})", "only own replies reach ping/knock", ok, detail)
+        )
     return checks
 
 

@@ -27,7 +27,7 @@ import struct
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import trio
 
@@ -80,6 +80,14 @@ _RECVERR_SEND_ATTEMPTS = 3
 #: Receive buffer of a datagram-mode trace flow socket: it only queues the errors of that
 #: flow's probes in flight, so the raw sockets' megabytes are not needed.
 FLOW_RCVBUF = 256 << 10
+
+#: Transmit stamps awaited at most (a dropped packet never gets one): the oldest go first.
+_TX_PENDING_MAX = 1 << 16
+#: Send errors raised after the kernel took a transmit-stamp key (netfilter's verdict on
+#: the way out): in the counter fallback such a send still moves the key on.
+_TX_KEY_TAKEN = frozenset({errno.EPERM})
+#: In the counter fallback, how far after the clock read before a send its stamp may be.
+_TX_STAMP_PLAUSIBLE_NS = 1_000_000_000
 
 #: Default receive buffer: room for tens of thousands of small replies arriving in a burst, the
 #: failure mode multiping users hit with the kernel's ~200 KB default.
@@ -165,6 +173,10 @@ class ProbeSocket:
     #: whether a classic BPF filter (:mod:`netdiag.wire.bpf`) is attached, and why not
     kernel_filter: bool = False
     kernel_filter_error: str | None = None
+    #: whether the kernel stamps what this socket sends (:meth:`enable_tx_stamps`)
+    tx_stamps: bool = False
+    #: transmit stamps the kernel reported and that replaced a probe's user-space send time
+    tx_stamps_used: int = 0
 
     def __init__(self, v6: bool, kind: int, proto: int, what: str) -> None:
         """Open the bare socket; use the named constructors instead."""
@@ -402,6 +414,48 @@ class ProbeSocket:
         self.kernel_filter_error = None
         return True
 
+    def enable_tx_stamps(self) -> bool:
+        """Have the kernel stamp each packet as it leaves (software TX timestamps, the
+        CLOCK_REALTIME clock of the receive stamps) and report it on the error queue, keyed
+        per send. A probe sent with ``stamp=`` then gets that time as ``sent_ns``: no
+        send-path cost (Python, the syscall, qdisc) enters its RTT. Returns False if the
+        kernel refuses; sends then keep the clock read before ``sendmsg``."""
+        flags = cmsg.SOF_TX_STAMPS
+        for f in (flags, flags & ~cmsg.SOF_TIMESTAMPING_OPT_RX_FILTER):  # RX_FILTER: 6.12+
+            try:
+                self._sock.setsockopt(socket.SOL_SOCKET, cmsg.SO_TIMESTAMPING, f)
+            except OSError:
+                continue
+            self.tx_stamps = True
+            self._tx_key = 0
+            self._tx_optid = True  # per-send keys (SCM_TS_OPT_ID) until the kernel refuses
+            self._tx_pending: dict[int, object] = {}
+            return True
+        return False
+
+    def _tx_sent(self, stamp: object | None) -> None:
+        """A send left: remember whose stamp its key is (keys advance on every send, as the
+        kernel's counter does in the fallback mode)."""
+        key = self._tx_key
+        self._tx_key = (key + 1) & 0xFFFFFFFF
+        if stamp is not None:
+            pending = self._tx_pending
+            if len(pending) >= _TX_PENDING_MAX:  # stamps the kernel never sent (dropped)
+                del pending[next(iter(pending))]
+            pending[key] = stamp
+
+    def _tx_stamped(self, key: int, stamp_ns: int) -> None:
+        obj: Any = self._tx_pending.pop(key, None)
+        if obj is None:
+            return
+        # With the socket's own counter a send refused after the kernel took its key would
+        # shift every later key by one: only a stamp no earlier than the clock read before
+        # that send, and close to it, can be its own.
+        if self._tx_optid or 0 <= stamp_ns - obj.sent_ns < _TX_STAMP_PLAUSIBLE_NS:
+            obj.sent_ns = stamp_ns
+            obj.tx_kernel = True
+            self.tx_stamps_used += 1
+
     def _checksum(self, offset: int | None) -> None:
         if offset is not None:
             self._sock.setsockopt(socket.IPPROTO_IPV6, IPV6_CHECKSUM, offset)
@@ -422,8 +476,19 @@ class ProbeSocket:
         """This family's ``sendmsg`` ancillary data; see :func:`netdiag.wire.cmsg.encode`."""
         return cmsg.encode(self.v6, ttl, tos, src, dontfrag)
 
-    def send_nowait(self, data: bytes, dst: str, anc: list[cmsg.Cmsg], port: int = 0) -> int:
+    def send_nowait(
+        self,
+        data: bytes,
+        dst: str,
+        anc: list[cmsg.Cmsg],
+        port: int = 0,
+        stamp: object | None = None,
+    ) -> int:
         """Send one datagram now; return the CLOCK_REALTIME nanoseconds read just before.
+
+        With transmit stamps on (:meth:`enable_tx_stamps`), ``stamp`` -- an object with
+        ``sent_ns`` and ``tx_kernel`` attributes, a probe -- gets the kernel's stamp of this
+        packet once the receive loop reads it, and ``tx_kernel = True``.
 
         Raises ``BlockingIOError`` when the send buffer is full (callers that may wait use
         :meth:`send`). The time is read *before* the syscall because on loopback the reply can
@@ -433,6 +498,8 @@ class ProbeSocket:
         """
         addr = (dst, port, 0, 0) if self.v6 else (dst, port)
         sendmsg = self._sock.sendmsg
+        if self.tx_stamps:
+            return self._send_stamped(data, addr, anc, stamp)
         for attempt in range(self._attempts):
             t = time.time_ns()
             try:
@@ -446,11 +513,47 @@ class ProbeSocket:
             return t
         raise AssertionError("unreachable")
 
-    async def send(self, data: bytes, dst: str, anc: list[cmsg.Cmsg], port: int = 0) -> int:
+    def _send_stamped(
+        self, data: bytes, addr: tuple, anc: list[cmsg.Cmsg], stamp: object | None
+    ) -> int:
+        """:meth:`send_nowait` on a socket with transmit stamps: every send carries its key
+        (SCM_TS_OPT_ID), or, on a kernel that refuses that (EINVAL, before 6.13), counts with
+        the socket's own key counter."""
+        sendmsg = self._sock.sendmsg
+        for attempt in range(self._attempts):
+            full = [*anc, cmsg.ts_opt_id(self._tx_key)] if self._tx_optid else anc
+            t = time.time_ns()
+            try:
+                sendmsg((data,), full, 0, addr)
+            except BlockingIOError:
+                raise
+            except OSError as e:
+                if self._tx_optid and e.errno == errno.EINVAL:
+                    self._tx_optid = False  # the counter started at 0 and took no key
+                    return self._send_stamped(data, addr, anc, stamp)
+                if not self._tx_optid and e.errno in _TX_KEY_TAKEN:
+                    # Counter mode: refused by netfilter after the kernel took this send's
+                    # key; skip it too, so later stamps keep matching their sends.
+                    self._tx_key = (self._tx_key + 1) & 0xFFFFFFFF
+                if attempt == self._attempts - 1:
+                    raise
+                continue
+            self._tx_sent(stamp)
+            return t
+        raise AssertionError("unreachable")
+
+    async def send(
+        self,
+        data: bytes,
+        dst: str,
+        anc: list[cmsg.Cmsg],
+        port: int = 0,
+        stamp: object | None = None,
+    ) -> int:
         """Send one datagram, waiting for buffer space if needed; see :meth:`send_nowait`."""
         while True:
             try:
-                return self.send_nowait(data, dst, anc, port)
+                return self.send_nowait(data, dst, anc, port, stamp)
             except BlockingIOError:
                 await trio.lowlevel.wait_writable(self._sock)
 
@@ -469,22 +572,13 @@ class ProbeSocket:
         buf = bytearray(_RECV_BUF)
         recv = self._sock.recvmsg_into
         v6 = self.v6
-        if self.recverr:
-            # Drain the error queue first: while it holds anything, epoll keeps reporting
-            # EPOLLERR and a loop that only read data would spin.
-            for _ in range(limit):
-                try:
-                    n, anc, flags, addr = recv([buf], _ANC_BUF, socket.MSG_ERRQUEUE)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError as e:
-                    return out, e
-                try:
-                    out.append(_make_packet(bytes(buf[:n]), anc, flags, addr, v6, False))
-                except (ValueError, struct.error, OSError):
-                    continue
         err: OSError | None = None
+        if self.recverr:
+            # Errors first: reading one clears the socket's pending error, which the data
+            # read below would otherwise report as a failure of its own.
+            err = self._drain_errqueue(out, limit, buf)
         raw4 = self.raw4
+        n_err = len(out)
         for _ in range(limit):
             try:
                 n, anc, flags, addr = recv([buf], _ANC_BUF)
@@ -499,9 +593,38 @@ class ProbeSocket:
                 out.append(_make_packet(bytes(buf[:n]), anc, flags, addr, v6, raw4))
             except (ValueError, struct.error, OSError):
                 continue
-        if out and out[-1].drops != self.drops:  # cumulative: the newest packet knows best
+        if len(out) > n_err and out[-1].drops != self.drops:  # cumulative: the newest knows
             self.drops = out[-1].drops
+        if self.tx_stamps:
+            # The error queue (again) after the data: a transmit stamp is queued before its
+            # packet even leaves, so every reply just read finds its probe's stamp applied
+            # before the caller classifies it. Drained every batch: while it holds anything,
+            # epoll keeps reporting EPOLLERR and a loop that left it would spin.
+            err = self._drain_errqueue(out, limit, buf) or err
         return out, err
+
+    def _drain_errqueue(self, out: list[Packet], limit: int, buf: bytearray) -> OSError | None:
+        recv = self._sock.recvmsg_into
+        v6, tx = self.v6, self.tx_stamps
+        for _ in range(limit):
+            try:
+                n, anc, flags, addr = recv([buf], _ANC_BUF, socket.MSG_ERRQUEUE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as e:
+                return e
+            if tx:
+                stamped = cmsg.decode_tx_stamp(anc)
+                if stamped is not None:
+                    self._tx_stamped(*stamped)
+                    continue
+            if not self.recverr:
+                continue
+            try:
+                out.append(_make_packet(bytes(buf[:n]), anc, flags, addr, v6, False))
+            except (ValueError, struct.error, OSError):
+                continue
+        return None
 
     def local_port(self) -> int:
         """The bound port: a UDP flow's source port, an ICMP datagram socket's identifier."""
@@ -538,9 +661,7 @@ def _make_packet(
         src = data[12:16]
     else:
         src = socket.inet_pton(_AF_INET, host)
-    return Packet(
-        data, src, dst, ttl, stamp, kernel, addr[1], bool(flags & _MSG_TRUNC), err, drops
-    )
+    return Packet(data, src, dst, ttl, stamp, kernel, addr[1], bool(flags & _MSG_TRUNC), err, drops)
 
 
 def ephemeral_ports() -> tuple[int, int] | None:

@@ -77,3 +77,31 @@ def test_decode_queued_errors_with_offender() -> None:
 @given(st.lists(st.tuples(st.integers(0, 300), st.integers(0, 100), st.binary(max_size=40))))
 def test_decode_never_raises(anc: list[tuple[int, int, bytes]]) -> None:
     cmsg.decode(anc)
+
+
+def _tx_stamp_anc(key: int, sec: int, nsec: int, v6: bool = False) -> list[cmsg.Cmsg]:
+    """What recvmsg(MSG_ERRQUEUE) returns for one OPT_TSONLY transmit stamp (as seen on
+    Linux 6.18: the queued skb's own SO_TIMESTAMPNS, SCM_TIMESTAMPING, the extended error)."""
+    err = struct.pack("@IBBBBII", 42, 4, 0, 0, 0, 0, key)  # ENOMSG, ORIGIN_TIMESTAMPING
+    level, typ = (socket.IPPROTO_IPV6, cmsg.IPV6_RECVERR) if v6 else (socket.IPPROTO_IP, 11)
+    return [
+        (SOL, cmsg.SO_TIMESTAMPNS, struct.pack("@qq", 1, 2)),
+        (SOL, cmsg.SCM_TIMESTAMPING, struct.pack("@qqqqqq", sec, nsec, 0, 0, 0, 0)),
+        (level, typ, err + bytes(16)),
+    ]
+
+
+def test_decode_tx_stamp() -> None:
+    assert cmsg.decode_tx_stamp(_tx_stamp_anc(1234, 5, 6)) == (1234, 5_000_000_006)
+    assert cmsg.decode_tx_stamp(_tx_stamp_anc(0xFFFFFFFF, 7, 0, v6=True)) == (0xFFFFFFFF, 7 * 10**9)
+    assert cmsg.decode_tx_stamp(_tx_stamp_anc(1, 0, 0)) is None  # no software stamp
+    icmp_error = struct.pack("@IBBBBII", 113, SO_EE_ORIGIN_ICMP, 3, 1, 0, 0, 0)
+    assert cmsg.decode_tx_stamp([(socket.IPPROTO_IP, 11, icmp_error)]) is None
+    stamp_only = _tx_stamp_anc(1, 5, 6)[1:2]  # no extended error: no key, no match
+    assert cmsg.decode_tx_stamp(stamp_only) is None
+    assert cmsg.decode_tx_stamp([(SOL, cmsg.SCM_TIMESTAMPING, b"\0" * 8)]) is None  # short
+
+
+def test_ts_opt_id_is_a_u32_cmsg() -> None:
+    assert cmsg.ts_opt_id(7) == (SOL, 81, struct.pack("@I", 7))
+    assert cmsg.ts_opt_id(1 << 32 | 5)[2] == struct.pack("@I", 5)

@@ -48,15 +48,18 @@ class Probe:
     """Per-probe state the template needs; diagnostics subclass it with their own fields
     (``__slots__`` throughout: a sweep holds one per target)."""
 
-    __slots__ = ("answered", "due", "sent_ns")
+    __slots__ = ("answered", "due", "sent_ns", "tx_kernel")
 
     def __init__(self) -> None:
         #: a first answer arrived (later ones are duplicates)
         self.answered = False
         #: the original deadline (trio clock); ``lease.deadline`` becomes inf once answered
         self.due = 0.0
-        #: CLOCK_REALTIME nanoseconds read just before ``sendmsg`` (0: not sent)
+        #: CLOCK_REALTIME nanoseconds read just before ``sendmsg`` (0: not sent), replaced by
+        #: the kernel's transmit stamp when the socket has them (issue 12)
         self.sent_ns = 0
+        #: ``sent_ns`` is the kernel's transmit stamp (set by the socket layer)
+        self.tx_kernel = False
 
     def rtt(self, packet: Packet) -> float | None:
         """Seconds from send to the kernel's receive stamp of ``packet`` (clamped at 0: a
@@ -148,9 +151,9 @@ class ProbeSession(Session, Generic[P, R]):
         self.outstanding += 1
         try:
             try:
-                probe.sent_ns = sock.send_nowait(data, dst, anc, port)
+                probe.sent_ns = sock.send_nowait(data, dst, anc, port, probe)
             except BlockingIOError:
-                probe.sent_ns = await sock.send(data, dst, anc, port)
+                probe.sent_ns = await sock.send(data, dst, anc, port, probe)
                 if pacer is not None:
                     pacer.waited()
         except OSError as e:

@@ -112,6 +112,8 @@ class PingResult:
     the router that sent the error). ``ttl`` is the reply's TTL/hop limit and ``size`` its ICMP
     length. ``duplicate`` marks a second reply to the same request; ``late`` a reply that came
     after the request had expired (it is not counted as received, as it was reported lost).
+    ``tx_kernel``: ``rtt`` starts at the kernel's transmit timestamp of the request (both ends
+    kernel stamps); False, it starts at the clock read just before ``sendmsg``.
     """
 
     seq: int
@@ -124,6 +126,7 @@ class PingResult:
     duplicate: bool = False
     late: bool = False
     error: ErrorReply | None = None
+    tx_kernel: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = jsonable(self)
@@ -269,12 +272,14 @@ class _Session(ProbeSession[_Probe, PingResult]):
         if isinstance(event, Echo):
             # The key holds the source address, so the responder is the target itself.
             size = 8 + len(event.payload)
-            return PingResult(probe.seq, addr, "reply", rtt, addr, packet.ttl, size)
+            return PingResult(
+                probe.seq, addr, "reply", rtt, addr, packet.ttl, size, tx_kernel=probe.tx_kernel
+            )
         # Datagram sockets report the router in the queued error, not as the source.
         src = packet.err.offender if packet.err and packet.err.offender else packet.src
         return PingResult(
             probe.seq, addr, "error", rtt, ipaddress.ip_address(src), packet.ttl, 0,
-            error=ErrorReply.of(event),
+            error=ErrorReply.of(event), tx_kernel=probe.tx_kernel,
         )  # fmt: skip
 
     def timeout(self, probe: _Probe) -> PingResult:
@@ -369,6 +374,8 @@ class Pinger(Diagnostic):
             self._engine.add_socket(fam.sock, classifier(v6, dgram))
         if not dgram:
             self._kernel_filter(self._ident_pool.range)
+        for _, fam in self._families.items():  # issue 12: kernel-to-kernel RTTs
+            fam.sock.enable_tx_stamps()
 
     def _new_socket(self, v6: bool, dgram: bool, pmtudisc: int | None = None) -> ProbeSocket:
         if not dgram:

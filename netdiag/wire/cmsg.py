@@ -24,12 +24,18 @@ __all__ = [
     "IP_RECVERR",
     "IP_TOS",
     "IP_TTL",
+    "SCM_TIMESTAMPING",
+    "SCM_TS_OPT_ID",
+    "SOF_TX_STAMPS",
     "SO_RXQ_OVFL",
+    "SO_TIMESTAMPING",
     "SO_TIMESTAMPNS",
     "Ancillary",
     "Cmsg",
     "decode",
+    "decode_tx_stamp",
     "encode",
+    "ts_opt_id",
 ]
 
 #: One control message: ``(level, type, data)``, as ``socket.sendmsg``/``recvmsg`` use them.
@@ -49,6 +55,29 @@ IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
 IPV6_HOPLIMIT = getattr(socket, "IPV6_HOPLIMIT", 52)
 IPV6_TCLASS = getattr(socket, "IPV6_TCLASS", 67)
 IPV6_DONTFRAG = getattr(socket, "IPV6_DONTFRAG", 62)
+
+# Kernel transmit timestamps (Documentation/networking/timestamping.rst): SO_TIMESTAMPING (the
+# "old" option, whose SCM_TIMESTAMPING carries 64-bit timespecs on 64-bit hosts) and its flags.
+SO_TIMESTAMPING = getattr(socket, "SO_TIMESTAMPING", 37)
+SCM_TIMESTAMPING = SO_TIMESTAMPING
+#: a per-sendmsg key for the transmit timestamp (Linux 6.13+), instead of the socket counter
+SCM_TS_OPT_ID = 81
+SOF_TIMESTAMPING_TX_SOFTWARE = 1 << 1
+SOF_TIMESTAMPING_SOFTWARE = 1 << 4
+SOF_TIMESTAMPING_OPT_ID = 1 << 7
+SOF_TIMESTAMPING_OPT_TSONLY = 1 << 11
+SOF_TIMESTAMPING_OPT_RX_FILTER = 1 << 17
+#: software transmit stamps (CLOCK_REALTIME, as the receive stamps), keyed, without a copy of
+#: the packet; RX_FILTER keeps them off received packets, which carry SO_TIMESTAMPNS already
+SOF_TX_STAMPS = (
+    SOF_TIMESTAMPING_TX_SOFTWARE
+    | SOF_TIMESTAMPING_SOFTWARE
+    | SOF_TIMESTAMPING_OPT_ID
+    | SOF_TIMESTAMPING_OPT_TSONLY
+    | SOF_TIMESTAMPING_OPT_RX_FILTER
+)
+#: ``sock_extended_err.ee_origin`` of a timestamp on the error queue (linux/errqueue.h)
+SO_EE_ORIGIN_TIMESTAMPING = 4
 
 _AF_INET = int(socket.AF_INET)
 _AF_INET6 = int(socket.AF_INET6)
@@ -87,6 +116,33 @@ def encode(
         if tos is not None:
             anc.append((IPPROTO_IP, IP_TOS, bytes([tos])))
     return anc
+
+
+def ts_opt_id(key: int) -> Cmsg:
+    """The ``sendmsg`` ancillary data giving this packet's transmit timestamp ``key`` (it
+    comes back as ``ee_data``), so stamps match sends exactly whatever the socket counter
+    did (a send refused after the kernel took a key, say)."""
+    return (SOL_SOCKET, SCM_TS_OPT_ID, _U32.pack(key & 0xFFFFFFFF))
+
+
+def decode_tx_stamp(anc: Iterable[Cmsg]) -> tuple[int, int] | None:
+    """``(key, stamp_ns)`` if this error-queue message is a transmit timestamp: an
+    SCM_TIMESTAMPING (software stamp in ``ts[0]``) with a ``sock_extended_err`` whose origin is
+    SO_EE_ORIGIN_TIMESTAMPING and whose ``ee_data`` is the key (OPT_ID). ``None`` for anything
+    else (an ICMP error on a datagram socket, say), and for a zero stamp."""
+    stamp = 0
+    key: int | None = None
+    for level, typ, cdata in anc:
+        if level == SOL_SOCKET and typ == SCM_TIMESTAMPING and len(cdata) >= 16:
+            sec, nsec = _TIMESPEC.unpack_from(cdata)
+            stamp = sec * 1_000_000_000 + nsec
+        elif (level, typ) in _RECVERR and len(cdata) >= 16:
+            _errno, origin, _t, _c, _pad, _info, data = _EE.unpack_from(cdata)
+            if origin == SO_EE_ORIGIN_TIMESTAMPING:
+                key = data
+    if key is None or not stamp:
+        return None
+    return key, stamp
 
 
 #: What :func:`decode` returns: ``(stamp_ns, ttl, dst, err, drops)``. A plain tuple, because

@@ -14,6 +14,7 @@ __all__ = [
     "SO_EE_ORIGIN_ICMP6",
     "SO_EE_ORIGIN_LOCAL",
     "SO_EE_ORIGIN_NONE",
+    "SO_EE_ORIGIN_TIMESTAMPING",
     "ExtErr",
     "Packet",
 ]
@@ -23,6 +24,7 @@ SO_EE_ORIGIN_NONE = 0
 SO_EE_ORIGIN_LOCAL = 1  # this host (EMSGSIZE ...)
 SO_EE_ORIGIN_ICMP = 2  # an ICMP error from the network
 SO_EE_ORIGIN_ICMP6 = 3  # an ICMPv6 error from the network
+SO_EE_ORIGIN_TIMESTAMPING = 4  # a transmit timestamp, not an error (netdiag.wire.cmsg)
 
 
 @dataclass(frozen=True, slots=True)
