@@ -89,7 +89,7 @@ async def run_ping_like(args: argparse.Namespace) -> dict:
         targets = [ipaddress.ip_address(args.addr)]
         total = args.count
     progress = Progress("netdiag", total, args.progress)
-    sent = received = timeouts = errors = dups = late = 0
+    sent = received = timeouts = errors = dups = late = tx_kernel = 0
     rtts: list[float] = []
     probes: list[tuple[str, int, float]] = []
     dump = args.dump
@@ -126,6 +126,7 @@ async def run_ping_like(args: argparse.Namespace) -> dict:
             sent += 1
             if r.kind == "reply":
                 received += 1
+                tx_kernel += getattr(r, "tx_kernel", False)
                 rtts.append(r.rtt)
                 if dump:
                     probes.append((str(r.addr), r.seq, r.rtt))
@@ -156,6 +157,7 @@ async def run_ping_like(args: argparse.Namespace) -> dict:
         "duplicates": dups,
         "late": late,
         "foreign": foreign,
+        "tx_kernel": tx_kernel,
         "engine": {k: getattr(engine, k) for k in engine.__slots__},
         "work_wall": wall,
         "work_cpu": cpu,
@@ -295,7 +297,14 @@ def main() -> None:
     p.add_argument("--deadline", type=float, default=300.0, help="hard cap in seconds")
     p.add_argument("--no-kernel-filter", action="store_true",
                    help="do not attach cBPF filters (the before-issue-12 behaviour, for --flood)")
+    p.add_argument("--no-tx-stamps", action="store_true",
+                   help="send times from the user-space clock (the before-issue-12 behaviour)")
     args = p.parse_args()
+    if args.no_tx_stamps:
+        from netdiag.sock import ProbeSocket
+
+        if hasattr(ProbeSocket, "enable_tx_stamps"):
+            ProbeSocket.enable_tx_stamps = lambda self: False  # type: ignore[method-assign]
     if args.no_kernel_filter:
         from netdiag.sock import ProbeSocket
 

@@ -614,6 +614,8 @@ class Bench:
             argv.append("--dump")
         if profile:
             argv += ["--profile", str(profile)]
+        if self.args.no_tx_stamps:
+            argv.append("--no-tx-stamps")
         if self.progress and not addr:
             argv.append("--progress")
         return argv
@@ -1025,6 +1027,8 @@ def parse_args() -> argparse.Namespace:
                    choices=("mass", "rtt", "load", "knock", "trace", "icmplib", "baseline",
                             "dgram"))
     p.add_argument("--router", action="store_true", help="put a router between src and dst")
+    p.add_argument("--no-tx-stamps", action="store_true",
+                   help="netdiag without kernel transmit timestamps (the before-issue-12 RTTs)")
     p.add_argument("--flood", action="store_true",
                    help="also: ping 60 x 30 ms under a flood of foreign/malformed ICMP, with and "
                         "without netdiag's kernel filter, iputils ping beside (issue 12)")
@@ -1218,6 +1222,12 @@ def summarize(rows: list[Row]) -> list[str]:
                 out.append(f"{r.workload}: netdiag median {r.rtt_median * 1e6:.1f} µs vs iputils "
                            f"{ref * 1e6:.1f} µs: Δ {(r.rtt_median - ref) * 1e6:+.1f} µs (target "
                            f"|Δ| ≤ 10; iputils run-to-run {noise * 1e6:.1f} µs)")  # fmt: skip
+        if r.tool.startswith("netdiag") and r.wire and r.wire.get("matched"):
+            tx = r.extra.get("tx_kernel")
+            stamps = f", {tx}/{r.received} replies timed from the kernel TX stamp" if tx is not None else ""
+            out.append(f"{r.workload}: {r.tool} RTT error vs wire median {us(r.wire['err_median'])} µs "
+                       f"(target ≤ 3), p99 |err| {us(r.wire['abs_err_p99'])} µs (target ≤ 10)"
+                       f"{stamps}")  # fmt: skip
         if r.tool == "netdiag" and r.workload.startswith("rtt-load") and r.wire:
             out.append(f"{r.workload}: netdiag RTT error vs wire median "
                        f"{us(r.wire['err_median'])} µs, p99 |err| {us(r.wire['abs_err_p99'])} µs "
