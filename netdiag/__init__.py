@@ -8,6 +8,11 @@ per family and a demux table, and carries thousands of concurrent probes as asyn
             print(rtt)
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._deprecated import deprecated_alias
 from .errors import (
     FamilyUnavailableError,
@@ -16,13 +21,29 @@ from .errors import (
     PrivilegeError,
     ResolveError,
 )
-from .knock import Knock, Knocker, KnockResult, KnockStats
-from .ping import Ping, Pinger, PingResult, PingStats
-from .resolve import resolve
-from .results import ErrorReply
-from .sock import Bind
-from .stats import RttStats
-from .trace import Hop, Responder, Trace, TraceProbe, Tracer, TraceResult
+
+if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and IDEs
+    from .knock import Knock, Knocker, KnockResult, KnockStats
+    from .ping import Ping, Pinger, PingResult, PingStats
+    from .resolve import resolve
+    from .results import ErrorReply
+    from .sock import Bind
+    from .stats import RttStats
+    from .trace import Hop, Responder, Trace, TraceProbe, Tracer, TraceResult
+
+#: Public names and the submodule each lives in, imported on first use (PEP 562): ``python -m
+#: netdiag.ping`` then loads neither the Tracer nor the Knocker (issue 12: start-up time),
+#: while ``from netdiag import Tracer`` works as before.
+_LAZY = {
+    **dict.fromkeys(("Knock", "Knocker", "KnockResult", "KnockStats"), ".knock"),
+    **dict.fromkeys(("Ping", "Pinger", "PingResult", "PingStats"), ".ping"),
+    **dict.fromkeys(("Hop", "Responder", "Trace", "TraceProbe", "Tracer", "TraceResult"), ".trace"),
+    "resolve": ".resolve",
+    "ErrorReply": ".results",
+    "Bind": ".sock",
+    "RttStats": ".stats",
+}
+_RENAMED = ("PingError", "KnockError")
 
 __version__ = "0.1.0"
 
@@ -52,4 +73,20 @@ __all__ = [
     "resolve",
 ]
 
-__getattr__ = deprecated_alias(__name__, {"PingError": ErrorReply, "KnockError": ErrorReply})
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(module, __name__), name)
+        globals()[name] = value  # the next lookup is a plain attribute
+        return value
+    if name in _RENAMED:
+        from .results import ErrorReply
+
+        return deprecated_alias(__name__, dict.fromkeys(_RENAMED, ErrorReply))(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

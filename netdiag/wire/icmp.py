@@ -16,8 +16,6 @@ import enum
 import struct
 from dataclasses import dataclass
 
-import dpkt
-
 from .checksum import checksum, ones_sum
 from .ip import IPHeader, parse_ip, parse_ipv4
 
@@ -243,6 +241,8 @@ def build_echo(ident: int, seq: int, payload: bytes, v6: bool = False) -> bytes:
 def build_echo_dpkt(ident: int, seq: int, payload: bytes, v6: bool = False) -> bytes:
     """The same echo request built with dpkt's classes: the reference :func:`build_echo` is
     tested against, kept because the fast path above skips dpkt's per-packet objects."""
+    import dpkt  # the reference twin only: the CLIs never load dpkt (start-up time)
+
     if v6:
         msg = dpkt.icmp6.ICMP6(
             type=ECHO_REQUEST6, code=0, data=dpkt.icmp6.ICMP6.Echo(id=ident, seq=seq, data=payload)

@@ -8,8 +8,6 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-import dpkt
-
 from .checksum import checksum, pseudo_header_v4, pseudo_header_v6
 
 __all__ = [
@@ -90,6 +88,8 @@ def build_syn_dpkt(
     src: bytes, dst: bytes, sport: int, dport: int, seq: int, *, options: bytes | None = None
 ) -> bytes:
     """:func:`build_syn` through dpkt's classes: the reference the fast path is tested against."""
+    import dpkt  # the reference twin only: the CLIs never load dpkt (start-up time)
+
     v6 = len(dst) == 16
     opts = syn_options(v6) if options is None else options
     seg = dpkt.tcp.TCP(

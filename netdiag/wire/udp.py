@@ -15,8 +15,6 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-import dpkt
-
 from .checksum import checksum, ones_sum, pseudo_header_v4, pseudo_header_v6
 
 __all__ = [
@@ -57,6 +55,8 @@ def build_udp(
 
 def build_udp_dpkt(src: bytes, dst: bytes, sport: int, dport: int, payload: bytes) -> bytes:
     """:func:`build_udp` through dpkt's class: the reference the fast path is tested against."""
+    import dpkt  # the reference twin only: the CLIs never load dpkt (start-up time)
+
     seg = dpkt.udp.UDP(sport=sport, dport=dport, ulen=8 + len(payload), sum=0, data=payload)
     raw = bytes(seg)
     ck = checksum(_pseudo(src, dst, len(raw)) + raw)
