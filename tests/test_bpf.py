@@ -353,3 +353,25 @@ def test_a_refused_filter_leaves_the_socket_working_and_doctor_says_so(
     monkeypatch.setattr(doctor, "_try_filter", lambda v6: (False, "Invalid argument"))
     tips = [t for t in doctor.advice(doctor.run_checks()) if "BPF" in t]
     assert len(tips) == 1 and "still works" in tips[0]
+
+
+def test_trace_icmp_filter() -> None:
+    lo, hi = 61000, 65535
+    for options in (b"", OPTS):
+        prog = bpf.trace_icmp_filter(False, lo, hi)
+        udp = struct.pack("!HHHH", 61005, 33434, 8, 0)
+        assert run(prog, error4(_ipv4(ME, TARGET, 17, udp, options)))
+        assert run(prog, error4(_ipv4(ME, TARGET, 6, struct.pack("!HHI", 65535, 80, 1), options)))
+        assert run(prog, error4(request4(0x1234, options)[: 20 + len(options) + 8]))
+        assert run(prog, echo_reply4(0x1234, options))  # ICMP traces use every identifier
+        foreign_udp = struct.pack("!HHHH", 40000, 33434, 8, 0)
+        assert not run(prog, error4(_ipv4(ME, TARGET, 17, foreign_udp, options)))
+        assert not run(prog, error4(echo_reply4(0x1234, options)[: 20 + len(options) + 8]))
+        assert not run(prog, error4(_ipv4(ME, TARGET, 47, udp, options)))  # GRE: never ours
+    prog6 = bpf.trace_icmp_filter(True, lo, hi)
+    assert run(prog6, error6(ipv6(ME6, TARGET6, 17, struct.pack("!HHHH", 61000, 1, 8, 0))))
+    assert not run(prog6, error6(ipv6(ME6, TARGET6, 17, struct.pack("!HHHH", 60999, 1, 8, 0))))
+    request6 = build_echo(0x99, 1, b"x" * 8, v6=True)
+    assert run(prog6, error6(ipv6(ME6, TARGET6, 58, request6)))
+    assert run(prog6, echo_reply6(0x99))
+    assert not run(prog6, _icmp(128, 0, b"\0" * 8))  # an echo request to us: not a trace's

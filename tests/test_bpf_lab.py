@@ -74,3 +74,20 @@ async def test_errors_quoting_our_requests_pass(lab: Lab, v: int) -> None:
             rs = await p.collect(Ping(dst, count=3, interval=0.01, expiry=1.0, ttl=1))
     assert [r.kind for r in rs] == ["error"] * 3
     assert all(r.error is not None and r.error.kind.name == "TIME_EXCEEDED" for r in rs)
+
+
+async def test_tracer_and_knocker_filters_attach_and_they_still_work(
+    lab: Lab, dst_listener: int
+) -> None:
+    from netdiag import Knock, Knocker, Trace, Tracer
+
+    dst = str(lab.dst.v4)
+    with lab.enter("src"):
+        async with Tracer() as tracer, Knocker() as knocker:
+            hops = [h async for h in tracer.trace(Trace(dst, flows=2))]
+            rs = await knocker.collect(Knock(dst, dst_listener, count=2, interval=0.01))
+            t_updates = tracer.engine.stats.filter_updates
+            k_updates = knocker.engine.stats.filter_updates
+    assert hops[-1].reached
+    assert [r.kind for r in rs] == ["open"] * 2, rs
+    assert t_updates == 4 and k_updates == 4  # ICMP + TCP socket, both families

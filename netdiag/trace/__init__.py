@@ -52,6 +52,7 @@ from ..privilege import raw_socket_advice
 from ..resolve import resolve, reverse
 from ..sock import DEFAULT_RCVBUF, Bind, IPAddress, Packet, ProbeSocket, RouteFinder
 from ..validate import check_float, check_int, expiry_not_timeout
+from ..wire.bpf import tcp_port_filter, trace_icmp_filter
 from ..wire.ip import build_ipv4_header
 from ..wire.tcp import TCP6_CHECKSUM_OFFSET
 from ..wire.trace import (
@@ -337,6 +338,7 @@ class _Family:
         except BaseException:
             engine.drop()  # a later socket was refused: keep none (datagram mode may follow)
             raise
+        self._kernel_filter(tracer)
         # Source discovery: opened now, so it lives in the same network namespace as the
         # probing sockets even if the caller moves threads between namespaces later.
         self.route = RouteFinder(v6, bind)
@@ -361,6 +363,18 @@ class _Family:
         else:
             self.raw = ProbeSocket.ipv4_header_sender(bind)
             engine.add_socket(self.raw, None)
+
+    def _kernel_filter(self, tracer: Tracer) -> None:
+        """Issue 12: only echo replies and errors quoting echo requests or our flow ports
+        reach the ICMP socket, only segments to our flow ports the TCP one. A socket the kernel
+        refuses a filter stays unfiltered (the classifiers decide, as before)."""
+        v6 = self.v6
+        for sock, prog in (
+            (self.icmp, trace_icmp_filter(v6, _PORT_LO, _PORT_HI)),
+            (self.tcp, tcp_port_filter(v6, _PORT_LO, _PORT_HI)),
+        ):
+            if sock.attach_filter(prog):
+                tracer._engine.stats.filter_updates += 1
 
     def source(self, dst: IPAddress) -> bytes:
         """The local address the kernel routes ``dst`` from (connecting sends nothing)."""

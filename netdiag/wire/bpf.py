@@ -37,6 +37,7 @@ __all__ = [
     "icmp_error_port_filter",
     "insn",
     "tcp_port_filter",
+    "trace_icmp_filter",
 ]
 
 # -- <linux/bpf_common.h> / <linux/filter.h> ---------------------------------------------------
@@ -259,11 +260,7 @@ def _quoted_ipv4(proto: int) -> list[Insn | str]:
     return [
         _ld(BPF_B, BPF_IND, 8 + 9),  # quoted protocol
         _jeq(proto, 0, "drop"),
-        _ld(BPF_B, BPF_IND, 8),  # quoted version/IHL
-        Insn(BPF_ALU | BPF_AND | BPF_K, 0x0F),
-        Insn(BPF_ALU | BPF_LSH | BPF_K, 2),
-        Insn(BPF_ALU | BPF_ADD | BPF_X),
-        Insn(BPF_MISC | BPF_TAX),
+        *_skip_quoted_ipv4(),
     ]
 
 
@@ -304,6 +301,59 @@ def icmp_error_port_filter(v6: bool, proto: int, lo: int, hi: int) -> bytes:
         src += _dispatch_types(BPF_IND, 0, [(ERROR_TYPES4, "error")])
         src += ["error:", *_quoted_ipv4(proto), *_port_in(BPF_IND, 8, lo, hi)]
     return assemble([*src, *_TAIL])
+
+
+def trace_icmp_filter(v6: bool, lo: int, hi: int) -> bytes:
+    """A Tracer's raw ICMP socket: echo replies (ICMP traces; their identifiers span the whole
+    range), and ICMP errors quoting an echo request, or a UDP/TCP packet from ports ``lo..hi``
+    (the Tracer's flow ports). Other errors -- quoting other programs' UDP, TCP or anything
+    else -- and every other message stay in the kernel."""
+    _check_ports(lo, hi)
+    if v6:
+        src: list[Insn | str] = _dispatch_types(
+            BPF_ABS, 0, [((ECHO_REPLY6,), "accept"), (ERROR_TYPES6, "error")]
+        )
+        src += [
+            "error:",
+            _ld(BPF_B, BPF_ABS, 8 + 6),  # quoted next header
+            _jeq(58, "q_icmp", 0),
+            _jeq(6, "q_port", 0),
+            _jeq(17, "q_port", "drop"),
+            "q_icmp:",
+            _ld(BPF_B, BPF_ABS, 8 + 40),
+            _jeq(ECHO_REQUEST6, "accept", "drop"),
+            "q_port:",
+            *_port_in(BPF_ABS, 8 + 40, lo, hi),
+        ]
+    else:
+        src = [_IHL_TO_X]
+        src += _dispatch_types(BPF_IND, 0, [((ECHO_REPLY4,), "accept"), (ERROR_TYPES4, "error")])
+        src += [
+            "error:",
+            _ld(BPF_B, BPF_IND, 8 + 9),  # quoted protocol
+            _jeq(1, "q_icmp", 0),
+            _jeq(6, "q_port", 0),
+            _jeq(17, "q_port", "drop"),
+            "q_icmp:",
+            *_skip_quoted_ipv4(),
+            _ld(BPF_B, BPF_IND, 8),
+            _jeq(ECHO_REQUEST4, "accept", "drop"),
+            "q_port:",
+            *_skip_quoted_ipv4(),
+            *_port_in(BPF_IND, 8, lo, hi),
+        ]
+    return assemble([*src, *_TAIL])
+
+
+def _skip_quoted_ipv4() -> list[Insn | str]:
+    """With X = the outer IHL at an ICMP error: X = outer IHL + quoted IHL."""
+    return [
+        _ld(BPF_B, BPF_IND, 8),
+        Insn(BPF_ALU | BPF_AND | BPF_K, 0x0F),
+        Insn(BPF_ALU | BPF_LSH | BPF_K, 2),
+        Insn(BPF_ALU | BPF_ADD | BPF_X),
+        Insn(BPF_MISC | BPF_TAX),
+    ]
 
 
 def _check_ports(lo: int, hi: int) -> None:
