@@ -92,7 +92,7 @@ async def test_cancel_10000_pings_in_flight(clean_lab: Lab, v: int) -> None:
             lab.nft_flush("dst")
             rs = await pinger.collect(Ping(lab.dst.addr(v), count=2, interval=0.01))  # type: ignore[arg-type]
             assert [r.kind for r in rs] == ["reply", "reply"]
-            assert pinger._idents == {}
+            assert pinger._ident_pool._used == {}
 
 
 async def test_cancel_a_10000_target_sweep(clean_lab: Lab) -> None:
@@ -124,7 +124,7 @@ async def test_cancel_a_10000_target_sweep(clean_lab: Lab) -> None:
             await trio.testing.wait_all_tasks_blocked()
             assert engine.table == {}
             assert set(engine.nursery.child_tasks) == tasks
-            assert pinger._idents == {}
+            assert pinger._ident_pool._used == {}
             assert live_leases() == 0
 
 
