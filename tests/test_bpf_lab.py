@@ -91,3 +91,26 @@ async def test_tracer_and_knocker_filters_attach_and_they_still_work(
     assert hops[-1].reached
     assert [r.kind for r in rs] == ["open"] * 2, rs
     assert t_updates == 4 and k_updates == 4  # ICMP + TCP socket, both families
+
+
+async def test_knock_filter_follows_a_changed_port_range(lab: Lab, dst_listener: int) -> None:
+    """ip_local_port_range changed while a Knocker is open: its reserved ports now come from
+    outside the range its filter was built for, so the filter grows to cover them (else the
+    SYN-ACKs would stay in the kernel and the port would look filtered)."""
+    from netdiag import Knock, Knocker
+
+    dst = str(lab.dst.v4)
+    old = lab.exec("src", "sysctl", "-n", "net.ipv4.ip_local_port_range").stdout.split()
+    lab.exec("src", "sysctl", "-qw", "net.ipv4.ip_local_port_range=40000 40100")
+    try:
+        with lab.enter("src"):
+            async with Knocker() as knocker:
+                before = knocker.engine.stats.filter_updates
+                lab.exec("src", "sysctl", "-qw", "net.ipv4.ip_local_port_range=50000 50100")
+                rs = await knocker.collect(Knock(dst, dst_listener, count=3, interval=0.01))
+                after = knocker.engine.stats.filter_updates
+    finally:
+        lab.exec("src", "sysctl", "-qw", f"net.ipv4.ip_local_port_range={old[0]} {old[1]}")
+    assert all(50000 <= r.sport <= 50100 for r in rs), rs
+    assert [r.kind for r in rs] == ["open"] * 3, rs
+    assert after > before == 4

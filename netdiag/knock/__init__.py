@@ -364,6 +364,8 @@ class _Session(ProbeSession[_Probe, KnockResult]):
                 try:
                     port_sock = reserve_tcp_port(v6)
                     sport = port_sock.getsockname()[1]
+                    if not knocker._filter_lo <= sport <= knocker._filter_hi:  # issue 12
+                        knocker._kernel_filter(sport)
                 except OSError as e:
                     text = f"no free source port: {e.strerror or e}"
                     self.push(self.refused(_Probe(t, seq), text))
@@ -442,14 +444,23 @@ class Knocker(Diagnostic):
 
     # -- kernel filter (issue 12): a hook kept apart from the probing code ---------------------
 
-    def _kernel_filter(self) -> None:
+    #: the source ports the kernel filters let through (all until they are attached)
+    _filter_lo, _filter_hi = 0, 0xFFFF
+
+    def _kernel_filter(self, port: int | None = None) -> None:
         """Let only segments to, and ICMP errors quoting segments from, the ephemeral port
         range (where every reserved source port comes from) reach Python. A socket the kernel
-        refuses a filter stays unfiltered: the ISN check still decides what is ours."""
-        ports = ephemeral_ports()
-        if ports is None:
-            return
-        lo, hi = ports
+        refuses a filter stays unfiltered: the ISN check still decides what is ours. Called
+        again with a reserved ``port`` outside the range (ip_local_port_range changed since):
+        the range grows to cover it before that probe leaves."""
+        if port is None:
+            ports = ephemeral_ports()
+            if ports is None:
+                return
+            lo, hi = ports
+        else:
+            lo, hi = min(self._filter_lo, port), max(self._filter_hi, port)
+        self._filter_lo, self._filter_hi = lo, hi
         for v6, fam in self._families.items():
             if fam.tcp.attach_filter(tcp_port_filter(v6, lo, hi)):
                 self._engine.stats.filter_updates += 1
