@@ -49,19 +49,36 @@ def _try(opener: Callable[[], ProbeSocket]) -> tuple[bool, str]:
     return True, ""
 
 
-def _try_filter(v6: bool) -> tuple[bool, str]:
-    """Attach a Pinger's kernel filter (cBPF) as the Pinger would -- to a raw ICMP socket, or
-    a UDP socket when raw ones are refused (filters are not a privilege)."""
+def _any_socket(v6: bool) -> ProbeSocket:
+    """A raw ICMP socket as a Pinger opens it, or a UDP socket when raw ones are refused:
+    socket filters and timestamps are not a privilege."""
     try:
-        s = ProbeSocket.raw_icmp(v6, None, types=())
+        return ProbeSocket.raw_icmp(v6, None, types=())
     except OSError:
-        try:
-            s = ProbeSocket.udp_flow(v6, None, None)
-        except OSError as e:
-            return False, e.strerror or str(e)
+        return ProbeSocket.udp_flow(v6, None, None)
+
+
+def _try_filter(v6: bool) -> tuple[bool, str]:
+    """Attach a Pinger's kernel filter (cBPF) as the Pinger would."""
+    try:
+        s = _any_socket(v6)
+    except OSError as e:
+        return False, e.strerror or str(e)
     try:
         ok = s.attach_filter(echo_filter(v6, [Range(0, 0xFF00)]))
         return ok, s.kernel_filter_error or ""
+    finally:
+        s.close()
+
+
+def _try_tx_stamps(v6: bool) -> tuple[bool, str]:
+    """Ask for kernel transmit timestamps as the Pinger does."""
+    try:
+        s = _any_socket(v6)
+    except OSError as e:
+        return False, e.strerror or str(e)
+    try:
+        return s.enable_tx_stamps(), ""
     finally:
         s.close()
 
@@ -102,6 +119,8 @@ def run_checks() -> list[Check]:
         checks.append(
             Check(f"kernel filter ({fam})", "only own replies reach ping/knock", ok, detail)
         )
+        ok, detail = _try_tx_stamps(v6)
+        checks.append(Check(f"kernel TX stamps ({fam})", "ping RTTs kernel to kernel", ok, detail))
     return checks
 
 
@@ -120,6 +139,11 @@ def advice(checks: list[Check]) -> list[str]:
         out.append(
             "this kernel refused classic BPF socket filters (SO_ATTACH_FILTER): netdiag still "
             "works, but every ICMP packet the host receives reaches it and is parsed in Python"
+        )
+    if not all(c.ok for c in checks if c.name.startswith("kernel TX stamps")):
+        out.append(
+            "this kernel gives no software transmit timestamps (SO_TIMESTAMPING): ping RTTs "
+            "start at the clock read before sending (PingResult.tx_kernel is False)"
         )
     dgram = [c for c in checks if c.name.startswith("ICMP datagram")]
     if not all(c.ok for c in dgram):

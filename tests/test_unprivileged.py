@@ -128,6 +128,7 @@ def test_doctor_reports_what_works(ping_group: Lab) -> None:
     assert checks["ICMP datagram (IPv4)"] is True and checks["ICMP datagram (IPv6)"] is True
     # Socket filters are not a privilege: doctor attaches one to a UDP socket instead.
     assert checks["kernel filter (IPv4)"] is True and checks["kernel filter (IPv6)"] is True
+    assert checks["kernel TX stamps (IPv4)"] is True and checks["kernel TX stamps (IPv6)"] is True
     assert any("CAP_NET_RAW" in tip for tip in doc["advice"])
 
 
