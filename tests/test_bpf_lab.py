@@ -114,3 +114,23 @@ async def test_knock_filter_follows_a_changed_port_range(lab: Lab, dst_listener:
     assert all(50000 <= r.sport <= 50100 for r in rs), rs
     assert [r.kind for r in rs] == ["open"] * 3, rs
     assert after > before == 4
+
+
+async def test_identifier_block_grows_and_the_filter_follows() -> None:
+    """300 concurrent pings to one target need more than the first block's 256 identifiers:
+    the block grows (4x), the filter is re-attached for it, and every reply still arrives."""
+    results: list[list] = []
+    async with Pinger() as p:
+        first = p.engine.stats.filter_updates
+
+        async def one() -> None:
+            results.append(await p.collect(Ping("127.0.0.1", count=2, interval=0.05)))
+
+        async with trio.open_nursery() as n:
+            for _ in range(300):
+                n.start_soon(one)
+        grown = p.engine.stats.filter_updates
+        bits = p._ident_pool.bits  # test-only peek
+    assert len(results) == 300
+    assert all([r.kind for r in rs] == ["reply", "reply"] for rs in results)
+    assert bits == 10 and grown > first
