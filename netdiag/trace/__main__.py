@@ -195,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
 
         async def run() -> None:
-            async for hop in tracer.trace(trace):
+            async for hop in tracer.results(trace):
                 hops.append(hop)
                 if not args.json:
                     print(hop_line(hop, args.numeric, args.flows is not None), flush=True)

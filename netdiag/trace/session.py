@@ -1,0 +1,220 @@
+"""One running trace: the engine's sink for its probes, between the planner and the sockets.
+
+The session does the IO the :class:`~netdiag.trace.planner.Planner` asks for and nothing else
+decides anything about the route. Its sender task asks the planner for the next probe, registers
+its key ``(target, protocol, flow id, probe id)`` with the engine *before* sending (so even a
+reply that arrives while ``sendmsg`` returns finds its waiter), and sends it through the trace's
+:class:`~netdiag.trace.sockets.Flows`; when the planner has nothing to send it waits for the
+next answer or expiry. Replies come back from the engine's receive loops already classified:
+the session checks the trace's token, sorts out late and duplicate answers (a late one -- after
+its probe expired or the trace ended -- is counted, never credited), turns the first answer into
+a :class:`~netdiag.trace.results.TraceProbe` and tells the planner, then queues the hops the
+planner settled for the caller's ``async for``. On close it hands its keys (and flows) to the
+Tracer to linger, so stragglers are still recognised as late.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from typing import TYPE_CHECKING
+
+import trio
+
+from ..engine import Lease, Session
+from ..errors import KeyInUseError, NetdiagError
+from ..sock import IPAddress, Packet
+from ..wire.trace import PROTO_ICMP, PROTO_ICMP6, PROTO_TCP, PROTO_UDP, Reply, ReplyKind, encode_pid
+from .options import Trace
+from .planner import Planner
+from .results import TraceProbe
+from .sockets import FlowSpec, ProbeSockets
+
+if TYPE_CHECKING:
+    from .tracer import Tracer
+
+__all__ = ["LINGER", "TraceSession"]
+
+#: How long a finished trace keeps its keys (and flow ids) reserved, at least: replies arriving
+#: in that time are recognised as late, never credited to a later trace that reuses the ids.
+LINGER = 2.0
+
+
+class _Probe:
+    """Per-probe state the engine keeps in the lease: which probe, when it left, answered."""
+
+    __slots__ = ("done", "flow", "sent_ns", "ttl")
+
+    def __init__(self, ttl: int, flow: int) -> None:
+        self.ttl = ttl
+        self.flow = flow
+        self.sent_ns = 0
+        self.done = False
+
+
+class TraceSession(Session):
+    """The state of one trace; the engine's sink for its probes. Its results are whole hops,
+    pushed in TTL order as the planner settles each."""
+
+    def __init__(
+        self, tracer: Tracer, trace: Trace, target: IPAddress, sockets: ProbeSockets, src: bytes
+    ) -> None:
+        super().__init__()
+        self.tracer = tracer
+        self.trace = trace
+        self.target = target
+        self.dst = target.packed
+        self.dst_str = str(target)
+        v6 = sockets.v6
+        self.proto = {"udp": PROTO_UDP, "tcp": PROTO_TCP}.get(
+            trace.proto, PROTO_ICMP6 if v6 else PROTO_ICMP
+        )
+        self.token = random.getrandbits(16)
+        self.icmp_token = random.getrandbits(32).to_bytes(4, "big")
+        spec = FlowSpec(
+            self.proto,
+            src,
+            self.dst,
+            self.dst_str,
+            trace.dport,
+            self.token,
+            self.icmp_token,
+            trace.max_flows,
+        )
+        self.flows = sockets.flows(spec)  # raw mode: reserves a block of flow ids
+        self.planner = Planner(
+            first_ttl=trace.first_ttl,
+            max_ttl=trace.max_ttl,
+            reach=trace.reach,
+            flows=trace.flows,
+            confidence=trace.confidence,
+            max_flows=trace.max_flows,
+            window=trace.window,
+        )
+        self.late = 0
+        self.duplicates = 0
+        self.closed = False
+        self.leases: list[Lease] = []
+        self.started = 0.0
+        self._sender_wake: trio.Event | None = None
+
+    @property
+    def settled(self) -> bool:
+        # Done at the destination (or max TTL), whatever probes beyond it are still in flight.
+        return self.planner.complete
+
+    @property
+    def sent(self) -> int:
+        return self.planner.sent
+
+    @property
+    def finished_at(self) -> float:
+        """trio's clock when the last hop was settled (0.0 until then)."""
+        return self.planner.finished_at or 0.0
+
+    # -- sending ---------------------------------------------------------------------------
+
+    async def _send_all(self) -> None:
+        engine = self.tracer.engine
+        planner, flows = self.planner, self.flows
+        expiry, dst, proto = self.trace.expiry, self.dst, self.proto
+        self.started = trio.current_time()
+        while not planner.complete:
+            send = planner.next_probe()
+            if send is None:
+                await self._sender_wait()  # for an answer or an expiry
+                continue
+            fid = flows.flow_id(send.flow)  # (datagram mode: opens the flow's socket)
+            pid = encode_pid(send.ttl)
+            key = (dst, proto, fid, pid)
+            probe = _Probe(send.ttl, send.flow)
+            try:
+                lease = engine.register(key, self, expiry, probe)
+            except KeyInUseError:  # cannot happen with reserved flow blocks
+                raise NetdiagError(f"probe key {key!r} already in use") from None
+            self.leases.append(lease)
+            try:
+                probe.sent_ns = await flows.send(send.flow, send.ttl, pid)
+            except OSError as e:
+                lease.release()
+                raise OSError(e.errno, f"cannot send to {self.dst_str}: {e.strerror}") from None
+
+    async def _sender_wait(self) -> None:
+        self._sender_wake = ev = trio.Event()
+        await ev.wait()
+
+    def _notify(self) -> None:
+        """Queue the hops the planner settled; wake the sender and the caller."""
+        self.events.extend(self.planner.settled_hops())
+        if self._sender_wake is not None:
+            self._sender_wake.set()
+        self.wake()
+
+    # -- engine sink -----------------------------------------------------------------------
+
+    def on_event(self, lease: Lease, event: Reply, packet: Packet) -> None:
+        probe: _Probe = lease.probe
+        tracer = self.tracer
+        if not self._token_ok(event):
+            tracer.foreign += 1
+            return
+        if lease.expired or self.closed:
+            self.late += 1
+            tracer.late += 1
+            return
+        if probe.done:
+            self.duplicates += 1
+            return
+        probe.done = True
+        lease.finish()
+        # An error-queue entry comes "from" our destination and names the router as offender.
+        who = packet.src if event.addr is None else event.addr
+        addr = ipaddress.ip_address(who)
+        rtt = max(packet.stamp_ns - probe.sent_ns, 0) / 1e9 if probe.sent_ns else None
+        reached = event.terminal and event.from_destination and who == self.dst
+        mark = event.mark
+        if event.terminal and not reached and not mark:
+            mark = "!?"
+        answer = TraceProbe(
+            probe.ttl,
+            probe.flow,
+            event.kind.value,
+            addr,
+            rtt,
+            mark,
+            reached,
+            packet.ttl,
+            event.info,
+        )
+        self.planner.answered(answer, terminal=event.terminal, now=trio.current_time())
+        if self.trace.dns:
+            tracer._lookup(addr, self.trace.dns_timeout)
+        self._notify()
+
+    def _token_ok(self, event: Reply) -> bool:
+        """Does ``event`` carry this trace's token? Echo replies must echo it whole; an error
+        quoting an echo probe only as far as the router quoted it (as ping does)."""
+        token = event.token
+        if token is None:
+            return True
+        if event.kind is ReplyKind.ECHO_REPLY:
+            return token == self.icmp_token
+        if isinstance(token, bytes):
+            return self.icmp_token.startswith(token)
+        return token == self.token
+
+    def on_expire(self, lease: Lease) -> None:
+        probe: _Probe = lease.probe
+        self.planner.expired(probe.ttl, probe.flow, now=trio.current_time())
+        self._notify()
+
+    def close(self) -> None:
+        """Stop sending; keep the keys registered (and, in datagram mode, the flow sockets
+        open) a while so stragglers count as late."""
+        if self.closed:
+            return
+        self.closed = True
+        super().close()
+        linger = max(LINGER, 2 * self.trace.expiry)
+        self.tracer._linger(self.leases, self.flows, linger)
+        self.leases = []
