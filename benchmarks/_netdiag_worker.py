@@ -242,11 +242,11 @@ async def run_trace(args: argparse.Namespace) -> dict:
     hops: list[int] = []
     async with Tracer() as tracer:
         rss_before = _status_kb("VmRSS")
-        await tracer.route(trace)
+        await tracer.collect(trace)
         cpu0 = time.process_time()
         t0 = time.perf_counter()
         for _ in range(args.count):
-            res = await tracer.route(trace)
+            res = await tracer.collect(trace)
             elapsed.append(res.elapsed)
             sents.append(res.sent)
             answered = res.sent - sum(h.timeouts for h in res.hops)

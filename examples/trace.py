@@ -19,7 +19,7 @@ from netdiag import Trace, Tracer
 
 
 async def trace_one(tracer: Tracer, host: str, proto: str) -> None:
-    async for hop in tracer.trace(Trace(host, proto=proto, expiry=1.0)):  # type: ignore[arg-type]
+    async for hop in tracer.results(Trace(host, proto=proto, expiry=1.0)):  # type: ignore[arg-type]
         if not hop.responders:
             print(f"{host} [{proto}] {hop.ttl:2d}  * ({hop.timeouts} probes unanswered)")
         for r in hop.responders:
@@ -37,7 +37,7 @@ async def main(hosts: list[str]) -> None:
                 for proto in ("udp", "icmp"):
                     nursery.start_soon(trace_one, tracer, host, proto)
         # The collected form, with counters.
-        route = await tracer.route(Trace(hosts[0], proto="tcp", port=80, flows=3))
+        route = await tracer.collect(Trace(hosts[0], proto="tcp", port=80, flows=3))
         print(
             f"{route.target}: {len(route.hops)} hops, reached={route.reached}, "
             f"{route.sent} probes in {route.elapsed * 1000:.1f} ms, {route.late} late"

@@ -225,7 +225,7 @@ async def test_calls_with_the_wrong_argument_type_raise_type_error() -> None:
         async for _ in Knocker().results(("127.0.0.1", 80)):  # type: ignore[arg-type]
             pass
     with pytest.raises(TypeError, match=r"expected a netdiag\.Trace"):
-        async for _ in Tracer().trace("127.0.0.1"):  # type: ignore[arg-type]
+        async for _ in Tracer().results("127.0.0.1"):  # type: ignore[arg-type]
             pass
     with pytest.raises(ValueError, match="rate must be more than 0"):
         async for _ in Pinger().sweep(["127.0.0.1"], rate=0):

@@ -56,7 +56,7 @@ async def test_everyone_probing_one_target_gets_only_their_own_answers(lab: Lab,
                     results[name] = await pinger.collect(Ping(dst, count=60, interval=0.01))
 
                 async def trace() -> None:
-                    results["trace"] = [h async for h in tracer.trace(Trace(dst, flows=4))]
+                    results["trace"] = [h async for h in tracer.results(Trace(dst, flows=4))]
 
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(ping, "a", a)

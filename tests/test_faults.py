@@ -111,10 +111,10 @@ async def test_route_loses_a_branch_mid_trace(clean_lab: Lab) -> None:
                     lab.set_link("r1", "r2a", up=False)
 
                 nursery.start_soon(flap)
-                result = await tracer.route(t)
+                result = await tracer.collect(t)
             assert tracer.engine.stats.classifier_errors == tracer.engine.stats.sink_errors == 0
             # After the change, one branch only.
-            after = await tracer.route(Trace(lab.dst.v4, proto="udp", flows=8, expiry=0.5))
+            after = await tracer.collect(Trace(lab.dst.v4, proto="udp", flows=8, expiry=0.5))
     assert result.reached and after.reached
     for hop in result.hops:
         assert hop.addrs <= lab.topology.expected_hops("src", "dst", hop.ttl, 4), hop
@@ -209,14 +209,14 @@ async def test_without_ipv6_the_objects_work_for_ipv4(
             assert [r.kind for r in rs] == ["reply", "reply"]
             ks = await knocker.collect(Knock(lab.dst.v4, dst_listener, count=1))
             assert [r.kind for r in ks] == ["open"]
-            tr = await tracer.route(Trace(lab.dst.v4, proto="icmp", flows=1))
+            tr = await tracer.collect(Trace(lab.dst.v4, proto="icmp", flows=1))
             assert tr.reached
             with pytest.raises(FamilyUnavailableError, match="IPv6"):
                 await pinger.collect(Ping(lab.dst.v6, count=1))
             with pytest.raises(FamilyUnavailableError, match="IPv6"):
                 await knocker.collect(Knock(lab.dst.v6, dst_listener, count=1))
             with pytest.raises(FamilyUnavailableError, match="IPv6"):
-                await tracer.route(Trace(lab.dst.v6))
+                await tracer.collect(Trace(lab.dst.v6))
 
 
 NO_IPV6_SCRIPT = """
@@ -303,7 +303,7 @@ async def test_icmp_rate_limited_router_shows_as_timeouts(r1_ratelimited: Lab, v
             rs = await pinger.collect(
                 Ping(lab.dst.addr(v), count=count, interval=0.025, ttl=1, expiry=0.5)  # type: ignore[arg-type]
             )
-            tr = await tracer.route(
+            tr = await tracer.collect(
                 Trace(lab.dst.addr(v), proto="icmp", flows=12, max_ttl=2, expiry=0.5)  # type: ignore[arg-type]
             )
             assert pinger.engine.table == {}

@@ -543,7 +543,7 @@ async def test_flood_and_forgeries_while_probing(
 
                 async def trace(v: int, proto: str) -> None:
                     t = Trace(lab.dst.addr(v), proto=proto, flows=2, max_ttl=6, expiry=2)  # type: ignore[arg-type]
-                    traces[(v, proto)] = await tracer.route(t)
+                    traces[(v, proto)] = await tracer.collect(t)
 
                 flooded = trio.Event()
 

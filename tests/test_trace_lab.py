@@ -34,7 +34,8 @@ import trio
 from lab import Lab
 
 from netdiag import Trace, Tracer
-from netdiag.trace import _REACH, TraceResult
+from netdiag.trace import TraceResult
+from netdiag.trace.options import DEFAULT_REACH
 from netdiag.wire.checksum import checksum
 from netdiag.wire.trace import mda_probes
 
@@ -61,7 +62,7 @@ async def routes(lab: Lab, *traces: Trace) -> list[TraceResult]:
     """Run ``traces`` one after another on one Tracer whose sockets live in src."""
     with lab.enter("src"):
         async with Tracer() as t:
-            return [await t.route(tr) for tr in traces]
+            return [await t.collect(tr) for tr in traces]
 
 
 def check_diamond(lab: Lab, r: TraceResult, v: int) -> None:
@@ -81,10 +82,10 @@ def check_diamond(lab: Lab, r: TraceResult, v: int) -> None:
     # reach the same host). Before the adaptive reach it got 6 flows, and this test said so.
     assert len(r.hops[3].probes) == 1
     # Probes: exactly the MDA's per hop, plus the scout's look-ahead beyond the destination
-    # (TTLs 5.._REACH, one probe each) -- nothing else is spent.
+    # (TTLs 5..DEFAULT_REACH, one probe each) -- nothing else is spent.
     in_hops = sum(len(h.probes) for h in r.hops)
     assert in_hops == sum(mda_probes(len(h.addrs)) for h in r.hops[:3]) + 1
-    assert in_hops <= r.sent <= in_hops + _REACH - 4
+    assert in_hops <= r.sent <= in_hops + DEFAULT_REACH - 4
 
 
 @pytest.mark.parametrize("v", [4, 6])
@@ -204,7 +205,7 @@ async def test_concurrent_traces_do_not_mix(lab: Lab, listener: int) -> None:
         async with Tracer() as t:
 
             async def one(i: int, tr: Trace) -> None:
-                results[i] = await t.route(tr)
+                results[i] = await t.collect(tr)
 
             async with trio.open_nursery() as n:
                 for i, (tr, _) in enumerate(jobs):
@@ -352,8 +353,8 @@ async def test_late_reply_not_credited_to_another_probe(lab: Lab) -> None:
     port = 33500
     with SlowResponder(lab, port, 0.4) as resp, lab.enter("src"):
         async with Tracer() as t:
-            a = await t.route(Trace(lab.dst.v4, port=port, expiry=0.15, flows=2, max_ttl=4))
-            b = await t.route(Trace(lab.dst.v4, port=port, expiry=1.0, flows=2, max_ttl=4))
+            a = await t.collect(Trace(lab.dst.v4, port=port, expiry=0.15, flows=2, max_ttl=4))
+            b = await t.collect(Trace(lab.dst.v4, port=port, expiry=1.0, flows=2, max_ttl=4))
             await trio.sleep(0.5)  # let B's lingering keys see anything still on its way
             late, foreign = t.late, t.foreign
     assert not a.reached and a.hops[-1].timeouts == 2 and a.hops[-1].ttl == 4

@@ -57,7 +57,7 @@ async def main():
                 # open_flows counts every trace's: wait them out, so each count is one trace's.
                 await trio.sleep(max(2.0, 2 * trace.expiry) + 0.3)
                 out["flow_sockets_between_runs"] = getattr(fam, "open_flows", None)
-            r = await t.route(trace)
+            r = await t.collect(trace)
             out["routes"].append(r.as_dict())
             out["flow_sockets"].append(getattr(fam, "open_flows", None))
             if set(args["middle"]) <= {p["addr"] for p in r.hops[1].as_dict()["probes"]}:
@@ -73,7 +73,7 @@ async def main():
         out["flow_sockets_after_linger"] = getattr(fam, "open_flows", None)
         out["fds_after_linger"] = fds()
         # A trace still lingering when the Tracer closes: its sockets close with it.
-        await t.route(Trace(trace.addr, expiry=0.5, flows=4, max_ttl=2))
+        await t.collect(Trace(trace.addr, expiry=0.5, flows=4, max_ttl=2))
     out["fds_after_exit"] = fds()
     print(json.dumps(out))
 
