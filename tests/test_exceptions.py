@@ -60,7 +60,7 @@ KNOCK_ITERATORS: list[tuple[str, Callable[[Any], Any]]] = [
     ("Knocker.sweep", lambda k: k.sweep([(BAD_NAME, 80)])),
 ]
 TRACE_ITERATORS: list[tuple[str, Callable[[Any], Any]]] = [
-    ("Tracer.trace", lambda t: t.trace(Trace(BAD_NAME))),
+    ("Tracer.results", lambda t: t.results(Trace(BAD_NAME))),
 ]
 
 
@@ -98,5 +98,5 @@ async def test_wrong_argument_types_raise_type_error_as_themselves() -> None:
             k.results("127.0.0.1")  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         async with Tracer() as t:
-            async for _ in t.trace("127.0.0.1"):  # type: ignore[arg-type]
+            async for _ in t.results("127.0.0.1"):  # type: ignore[arg-type]
                 pass

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from ..engine import Lease, Session
+from ..engine import Lease, Session, Verdict, verdict
 from ..errors import KeyInUseError, NetdiagError
 from ..sock import IPAddress, Packet
 from ..wire.trace import PROTO_ICMP, PROTO_ICMP6, PROTO_TCP, PROTO_UDP, Reply, ReplyKind, encode_pid
@@ -158,11 +158,12 @@ class TraceSession(Session):
         if not self._token_ok(event):
             tracer.foreign += 1
             return
-        if lease.expired or self.closed:
+        v = verdict(lease.expired or self.closed, probe.done)
+        if v is Verdict.LATE:
             self.late += 1
             tracer.late += 1
             return
-        if probe.done:
+        if v is Verdict.DUPLICATE:
             self.duplicates += 1
             return
         probe.done = True

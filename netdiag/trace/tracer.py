@@ -160,14 +160,20 @@ class Tracer(Diagnostic):
     def trace(self, trace: Trace) -> AsyncIterator[Hop]:
         """Deprecated alias of :meth:`results` (the name Pinger and Knocker use)."""
         warnings.warn(
-            "Tracer.trace() is deprecated, use Tracer.results()", DeprecationWarning, stacklevel=2
+            "Tracer.trace() is deprecated: use Tracer.results() (renamed in netdiag 0.2; the old "
+            "name goes in 0.3)",
+            DeprecationWarning,
+            stacklevel=2,
         )
         return self.results(trace)
 
     async def route(self, trace: Trace) -> TraceResult:
         """Deprecated alias of :meth:`collect` (the name Pinger and Knocker use)."""
         warnings.warn(
-            "Tracer.route() is deprecated, use Tracer.collect()", DeprecationWarning, stacklevel=2
+            "Tracer.route() is deprecated: use Tracer.collect() (renamed in netdiag 0.2; the old "
+            "name goes in 0.3)",
+            DeprecationWarning,
+            stacklevel=2,
         )
         return await self.collect(trace)
 
