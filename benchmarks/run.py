@@ -798,7 +798,7 @@ class Bench:
         self._finish(irow, p_ip, None)
 
     def trace(self, workload: str, repeat: int) -> None:
-        """Tracer.route over the ECMP diamond of tests/lab.py (a second lab, built here), MDA
+        """Tracer.collect over the ECMP diamond of tests/lab.py (a second lab, built here), MDA
         95 %, every hop answering at once; plus traceroute's wall time for scale."""
         with Lab() as diamond:  # the DIAMOND topology: src - r1 - {r2a|r2b} - r3 - dst
             dst = str(diamond.dst.v4)
