@@ -57,6 +57,7 @@ from typing import NamedTuple
 
 from ..validate import check_int
 from ..wire.trace import mda_probes
+from .options import DEFAULT_REACH
 from .results import Hop, Responder, TraceProbe
 
 __all__ = ["Planner", "Send", "mda_probes"]
@@ -97,7 +98,7 @@ class Planner:
         *,
         first_ttl: int = 1,
         max_ttl: int = 30,
-        reach: int = 8,
+        reach: int = DEFAULT_REACH,
         flows: int | None = None,
         confidence: float = 0.95,
         max_flows: int = 64,
@@ -108,7 +109,7 @@ class Planner:
         if first_ttl > max_ttl:
             raise ValueError(f"first_ttl ({first_ttl}) must not exceed max_ttl ({max_ttl})")
         check_int("reach", reach, 1, 255)
-        check_int("max_flows", max_flows, 1, 65536)
+        check_int("max_flows", max_flows, 1, 1024)
         if flows is not None:
             check_int("flows", flows, 1, max_flows)
         mda_probes(1, confidence)  # raises ValueError for a confidence outside (0, 1)
