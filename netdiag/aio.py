@@ -470,11 +470,11 @@ class AsyncioTracer(_Bridge[Tracer]):
 
     def results(self, trace: Trace) -> AsyncIterator[Hop]:
         """Each hop, in TTL order, as soon as it is settled (the last has ``last=True``)."""
-        return self._stream(lambda t: t.trace(trace))
+        return self._stream(lambda t: t.results(trace))
 
     async def collect(self, trace: Trace) -> TraceResult:
         """Run a whole trace and return the route with its counters."""
-        return await self._call(lambda t: t.route(trace))
+        return await self._call(lambda t: t.collect(trace))
 
 
 class AsyncioKnocker(_Bridge[Knocker]):

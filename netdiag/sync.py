@@ -286,7 +286,7 @@ def trace(
         reach,
     )
     tracer = Tracer(bind, privileged=privileged)
-    return _run(lambda: _use(tracer, lambda t: t.route(spec)))
+    return _run(lambda: _use(tracer, lambda t: t.collect(spec)))
 
 
 def knock(
