@@ -84,7 +84,7 @@ async def test_tracer_and_knocker_filters_attach_and_they_still_work(
     dst = str(lab.dst.v4)
     with lab.enter("src"):
         async with Tracer() as tracer, Knocker() as knocker:
-            hops = [h async for h in tracer.trace(Trace(dst, flows=2))]
+            hops = [h async for h in tracer.results(Trace(dst, flows=2))]
             rs = await knocker.collect(Knock(dst, dst_listener, count=2, interval=0.01))
             t_updates = tracer.engine.stats.filter_updates
             k_updates = knocker.engine.stats.filter_updates
