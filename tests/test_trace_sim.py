@@ -30,6 +30,7 @@ from netdiag.sock import ExtErr, Packet
 from netdiag.trace import Trace, Tracer, TraceResult
 from netdiag.trace.sockets import (
     DgramSockets,
+    Outgoing,
     RawSockets,
     icmp_classifier,
     queued_udp_classifier,
@@ -84,6 +85,24 @@ class FakeSock:
         pass
 
 
+class SimSend:
+    """Stands in for the socket a probe leaves through: "sending" runs the simulation, which
+    schedules the answer the simulated network would give."""
+
+    def __init__(self, simulate: Callable[[], int]) -> None:
+        self.simulate = simulate
+
+    def send_nowait(
+        self, data: bytes, dst: str, anc: object, port: int = 0, stamp: object = None
+    ) -> int:
+        return self.simulate()
+
+    async def send(
+        self, data: bytes, dst: str, anc: object, port: int = 0, stamp: object = None
+    ) -> int:
+        return self.simulate()
+
+
 class SimSockets(RawSockets):
     """Stands in for one family's raw sockets (the flows and their flow id blocks are the
     real ones); answers every probe as the diamond would."""
@@ -104,9 +123,13 @@ class SimSockets(RawSockets):
     def source(self, dst: object) -> bytes:
         return SRC4
 
-    async def send_raw(
+    def raw_packet(
         self, proto: int, src: bytes, dst: bytes, dst_str: str, ttl: int, pid: int, data: bytes
-    ) -> int:
+    ) -> Outgoing:
+        sim = SimSend(lambda: self._simulate(proto, src, dst, ttl, pid, data))
+        return Outgoing(sim, data, dst_str, [])  # type: ignore[arg-type]
+
+    def _simulate(self, proto: int, src: bytes, dst: bytes, ttl: int, pid: int, data: bytes) -> int:
         sport = struct.unpack_from("!H", data)[0]
         nth = sum(1 for t, s, _ in self.sent if (t, s) == (ttl, sport))
         self.sent.append((ttl, sport, pid))
@@ -356,9 +379,13 @@ class SimDgramSockets(DgramSockets):
         self.closed.append(sock)
         self.engine.remove_socket(sock)  # type: ignore[arg-type]
 
-    async def send_flow(  # type: ignore[override]
+    def flow_packet(  # type: ignore[override]
         self, sock: FakeSock, data: bytes, dst: str, port: int, ttl: int
-    ) -> int:
+    ) -> Outgoing:
+        sim = SimSend(lambda: self._simulate(sock, data, port, ttl))
+        return Outgoing(sim, data, dst, [], port)  # type: ignore[arg-type]
+
+    def _simulate(self, sock: FakeSock, data: bytes, port: int, ttl: int) -> int:
         sport = self.ports[sock]
         self.sent.append((ttl, sport))
         branch = sport % 2

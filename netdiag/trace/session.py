@@ -21,8 +21,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from ..engine import Lease, Session, Verdict, verdict
-from ..errors import KeyInUseError, NetdiagError
+from ..engine import Lease, Probe, ProbeSession, Session, Verdict
 from ..sock import IPAddress, Packet
 from ..wire.trace import PROTO_ICMP, PROTO_ICMP6, PROTO_TCP, PROTO_UDP, Reply, ReplyKind, encode_pid
 from .options import Trace
@@ -40,26 +39,30 @@ __all__ = ["LINGER", "TraceSession"]
 LINGER = 2.0
 
 
-class _Probe:
-    """Per-probe state the engine keeps in the lease: which probe, when it left, answered."""
+class _Probe(Probe):
+    """Per-probe state the engine keeps in the lease: which probe (TTL, flow)."""
 
-    __slots__ = ("done", "flow", "sent_ns", "ttl")
+    __slots__ = ("flow", "ttl")
 
     def __init__(self, ttl: int, flow: int) -> None:
+        super().__init__()
         self.ttl = ttl
         self.flow = flow
-        self.sent_ns = 0
-        self.done = False
 
 
-class TraceSession(Session):
-    """The state of one trace; the engine's sink for its probes. Its results are whole hops,
+#: What one answer means to a trace: the probe's outcome, and whether it ends the route at its
+#: TTL (an arrival, or an unreachable other than fragmentation-needed).
+Answer = tuple[TraceProbe, bool]
+
+
+class TraceSession(ProbeSession[_Probe, Answer]):
+    """The state of one trace, on the engine's probe template; its results are whole hops,
     pushed in TTL order as the planner settles each."""
 
     def __init__(
         self, tracer: Tracer, trace: Trace, target: IPAddress, sockets: ProbeSockets, src: bytes
     ) -> None:
-        super().__init__()
+        super().__init__(tracer.engine, trace.expiry)
         self.tracer = tracer
         self.trace = trace
         self.target = target
@@ -93,8 +96,6 @@ class TraceSession(Session):
         )
         self.late = 0
         self.duplicates = 0
-        self.closed = False
-        self.leases: list[Lease] = []
         self.started = 0.0
         self._sender_wake: trio.Event | None = None
 
@@ -104,10 +105,6 @@ class TraceSession(Session):
         return self.planner.complete
 
     @property
-    def sent(self) -> int:
-        return self.planner.sent
-
-    @property
     def finished_at(self) -> float:
         """trio's clock when the last hop was settled (0.0 until then)."""
         return self.planner.finished_at or 0.0
@@ -115,9 +112,8 @@ class TraceSession(Session):
     # -- sending ---------------------------------------------------------------------------
 
     async def _send_all(self) -> None:
-        engine = self.tracer.engine
         planner, flows = self.planner, self.flows
-        expiry, dst, proto = self.trace.expiry, self.dst, self.proto
+        dst, proto = self.dst, self.proto
         self.started = trio.current_time()
         while not planner.complete:
             send = planner.next_probe()
@@ -126,18 +122,12 @@ class TraceSession(Session):
                 continue
             fid = flows.flow_id(send.flow)  # (datagram mode: opens the flow's socket)
             pid = encode_pid(send.ttl)
-            key = (dst, proto, fid, pid)
+            out = flows.outgoing(send.flow, send.ttl, pid)
             probe = _Probe(send.ttl, send.flow)
-            try:
-                lease = engine.register(key, self, expiry, probe)
-            except KeyInUseError:  # cannot happen with reserved flow blocks
-                raise NetdiagError(f"probe key {key!r} already in use") from None
-            self.leases.append(lease)
-            try:
-                probe.sent_ns = await flows.send(send.flow, send.ttl, pid)
-            except OSError as e:
-                lease.release()
-                raise OSError(e.errno, f"cannot send to {self.dst_str}: {e.strerror}") from None
+            await self.launch(
+                (dst, proto, fid, pid), probe, out.sock, out.data, out.dst, out.anc,
+                port=out.port,
+            )  # fmt: skip
 
     async def _sender_wait(self) -> None:
         self._sender_wake = ev = trio.Event()
@@ -150,46 +140,56 @@ class TraceSession(Session):
             self._sender_wake.set()
         self.wake()
 
-    # -- engine sink -----------------------------------------------------------------------
+    # -- what the template asks of a diagnostic ----------------------------------------------
 
-    def on_event(self, lease: Lease, event: Reply, packet: Packet) -> None:
-        probe: _Probe = lease.probe
-        tracer = self.tracer
+    def answer(self, probe: _Probe, event: Reply, packet: Packet) -> Answer | None:
         if not self._token_ok(event):
-            tracer.foreign += 1
-            return
-        v = verdict(lease.expired or self.closed, probe.done)
-        if v is Verdict.LATE:
-            self.late += 1
-            tracer.late += 1
-            return
-        if v is Verdict.DUPLICATE:
-            self.duplicates += 1
-            return
-        probe.done = True
-        lease.finish()
+            self.tracer.foreign += 1
+            return None
         # An error-queue entry comes "from" our destination and names the router as offender.
         who = packet.src if event.addr is None else event.addr
-        addr = ipaddress.ip_address(who)
-        rtt = max(packet.stamp_ns - probe.sent_ns, 0) / 1e9 if probe.sent_ns else None
         reached = event.terminal and event.from_destination and who == self.dst
         mark = event.mark
         if event.terminal and not reached and not mark:
             mark = "!?"
-        answer = TraceProbe(
+        outcome = TraceProbe(
             probe.ttl,
             probe.flow,
             event.kind.value,
-            addr,
-            rtt,
+            ipaddress.ip_address(who),
+            probe.rtt(packet),
             mark,
             reached,
             packet.ttl,
             event.info,
         )
-        self.planner.answered(answer, terminal=event.terminal, now=trio.current_time())
-        if self.trace.dns:
-            tracer._lookup(addr, self.trace.dns_timeout)
+        return outcome, event.terminal
+
+    def accept(self, lease: Lease, probe: _Probe, result: Answer, verdict: Verdict) -> None:
+        """A first answer goes to the planner; late and duplicate ones are only counted (a
+        late one -- after its probe expired or the trace ended -- is never credited)."""
+        if verdict is Verdict.LATE:
+            self.late += 1
+            self.tracer.late += 1
+            return
+        if verdict is Verdict.DUPLICATE:
+            self.duplicates += 1
+            return
+        outcome, terminal = result
+        self.planner.answered(outcome, terminal=terminal, now=trio.current_time())
+        if self.trace.dns and outcome.addr is not None:
+            self.tracer._lookup(outcome.addr, self.trace.dns_timeout)
+        self._notify()
+
+    def timeout(self, probe: _Probe) -> Answer:
+        return TraceProbe(probe.ttl, probe.flow, "timeout"), False
+
+    def refused(self, probe: _Probe, text: str) -> Answer:
+        """A probe that cannot be sent ends the trace: the route would have a hole."""
+        raise OSError(f"cannot send to {self.dst_str}: {text}")
+
+    def expired(self, lease: Lease, probe: _Probe) -> None:
+        self.planner.expired(probe.ttl, probe.flow, now=trio.current_time())
         self._notify()
 
     def _token_ok(self, event: Reply) -> bool:
@@ -204,18 +204,12 @@ class TraceSession(Session):
             return self.icmp_token.startswith(token)
         return token == self.token
 
-    def on_expire(self, lease: Lease) -> None:
-        probe: _Probe = lease.probe
-        self.planner.expired(probe.ttl, probe.flow, now=trio.current_time())
-        self._notify()
-
     def close(self) -> None:
         """Stop sending; keep the keys registered (and, in datagram mode, the flow sockets
         open) a while so stragglers count as late."""
         if self.closed:
             return
-        self.closed = True
-        super().close()
+        Session.close(self)  # the sender stops; the keys are not released yet
         linger = max(LINGER, 2 * self.trace.expiry)
-        self.tracer._linger(self.leases, self.flows, linger)
-        self.leases = []
+        self.tracer._linger(list(self.leases), self.flows, linger)
+        self.leases.clear()

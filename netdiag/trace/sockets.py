@@ -3,8 +3,10 @@
 A family's :class:`ProbeSockets` is opened when the Tracer is entered and shared by every trace
 of that family. For one trace it hands out a :class:`Flows`: the trace's way onto the wire,
 with two operations the session needs and nothing else -- ``flow_id(flow)`` (the source port
-or echo identifier that flow ``flow`` carries, part of the demux key) and ``send(flow, ttl,
-pid)``. ``release()`` gives the flow ids (and datagram mode's sockets) back after the linger.
+or echo identifier that flow ``flow`` carries, part of the demux key) and ``outgoing(flow, ttl,
+pid)`` (the socket, bytes, destination and ancillary data of one probe, which the session hands
+to the engine's probe template to register and send). ``release()`` gives the flow ids (and
+datagram mode's sockets) back after the linger.
 
 * **Raw mode** (:class:`RawSockets`, needs CAP_NET_RAW). Per family a raw ICMP socket receives
   time-exceeded / unreachable / echo replies, a raw TCP socket receives SYN-ACK / RST. IPv4
@@ -39,6 +41,7 @@ from ..engine import Engine
 from ..errors import FamilyUnavailableError, NetdiagError
 from ..sock import Bind, IPAddress, Packet, ProbeSocket, RouteFinder
 from ..wire.bpf import tcp_port_filter, trace_icmp_filter
+from ..wire.cmsg import Cmsg
 from ..wire.ip import build_ipv4_header
 from ..wire.tcp import TCP6_CHECKSUM_OFFSET
 from ..wire.trace import (
@@ -62,6 +65,7 @@ __all__ = [
     "DgramSockets",
     "FlowSpec",
     "Flows",
+    "Outgoing",
     "ProbeSockets",
     "RawSockets",
     "icmp_classifier",
@@ -97,6 +101,18 @@ class FlowSpec:
     max_flows: int
 
 
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One probe ready for :meth:`~netdiag.engine.ProbeSession.launch`: the socket it leaves
+    through, its bytes, the destination, the ancillary data (TTL, source) and port."""
+
+    sock: ProbeSocket
+    data: bytes
+    dst: str
+    anc: list[Cmsg]
+    port: int = 0
+
+
 class Flows:
     """One trace's flows on the wire (see the module docstring)."""
 
@@ -105,9 +121,8 @@ class Flows:
         of its probes' demux key. Flows are first used in order, from 0."""
         raise NotImplementedError
 
-    async def send(self, flow: int, ttl: int, pid: int) -> int:
-        """Send flow ``flow``'s probe ``pid`` with ``ttl``; return the send time (ns, as
-        :meth:`~netdiag.sock.ProbeSocket.send`). Raises ``OSError`` when it cannot be sent."""
+    def outgoing(self, flow: int, ttl: int, pid: int) -> Outgoing:
+        """Flow ``flow``'s probe ``pid`` with ``ttl``, ready to send: nothing leaves here."""
         raise NotImplementedError
 
     def release(self) -> None:
@@ -246,19 +261,19 @@ class RawSockets(ProbeSockets):
     def flows(self, spec: FlowSpec) -> Flows:
         return RawFlows(self, spec, self.blocks)
 
-    async def send_raw(
+    def raw_packet(
         self, proto: int, src: bytes, dst: bytes, dst_str: str, ttl: int, pid: int, data: bytes
-    ) -> int:
-        """Send one probe's transport bytes ``data`` with ``ttl`` (IPv4: under a header we
-        build, whose ID is ``pid``; IPv6: TTL and source as ancillary data)."""
+    ) -> Outgoing:
+        """One probe's transport bytes ``data`` with ``ttl``, ready to send (IPv4: under a
+        header we build, whose ID is ``pid``; IPv6: TTL and source as ancillary data)."""
         if self.v6:
             sock = self._out[proto]
             anc = self._anc.get((ttl, src))
             if anc is None:
                 anc = self._anc[(ttl, src)] = sock.ancillary(ttl=ttl, src=src)
-            return await sock.send(data, dst_str, anc)
+            return Outgoing(sock, data, dst_str, anc)
         head = build_ipv4_header(src, dst, proto, len(data), ttl=ttl, ident=pid)
-        return await self.raw.send(head + data, dst_str, [])
+        return Outgoing(self.raw, head + data, dst_str, [])
 
     def close(self) -> None:
         # Normally the engine has closed the sockets already; when the *other* family was
@@ -281,7 +296,7 @@ class RawFlows(Flows):
     def flow_id(self, flow: int) -> int:
         return self.base + flow
 
-    async def send(self, flow: int, ttl: int, pid: int) -> int:
+    def outgoing(self, flow: int, ttl: int, pid: int) -> Outgoing:
         s = self.spec
         data = build_probe(
             s.proto,
@@ -294,7 +309,7 @@ class RawFlows(Flows):
             icmp_token=s.icmp_token,
             v6=self.sockets.v6,
         )
-        return await self.sockets.send_raw(s.proto, s.src, s.dst, s.dst_str, ttl, pid, data)
+        return self.sockets.raw_packet(s.proto, s.src, s.dst, s.dst_str, ttl, pid, data)
 
     def release(self) -> None:
         if not self._released:
@@ -351,17 +366,16 @@ class DgramSockets(ProbeSockets):
             self.open_flows -= 1
         self.engine.remove_socket(sock)
 
-    async def send_flow(
+    def flow_packet(
         self, sock: ProbeSocket, data: bytes, dst_str: str, port: int, ttl: int
-    ) -> int:
-        """Send ``data`` on flow ``sock`` with ``ttl`` as ancillary data (never IP_TTL on the
-        socket, so no other probe's TTL can change). A pending error left by an ICMP error
-        (which the error queue also holds) fails a sendmsg without sending; retry then."""
+    ) -> Outgoing:
+        """``data`` on flow ``sock`` with ``ttl`` as ancillary data (never IP_TTL on the
+        socket, so no other probe's TTL can change), ready to send. The socket itself retries
+        a send refused by a pending error that an earlier ICMP error left."""
         anc = self._anc.get(ttl)
         if anc is None:
             anc = self._anc[ttl] = sock.ancillary(ttl=ttl)
-        # The socket waits out a full buffer and retries past a pending error.
-        return await sock.send(data, dst_str, anc, port)
+        return Outgoing(sock, data, dst_str, anc, port)
 
     def close(self) -> None:
         self.route.close()
@@ -389,10 +403,10 @@ class DgramFlows(Flows):
             self.ports.append(port)
         return self.ports[flow]
 
-    async def send(self, flow: int, ttl: int, pid: int) -> int:
+    def outgoing(self, flow: int, ttl: int, pid: int) -> Outgoing:
         s = self.spec
         data = build_dgram_payload(pid, s.token)
-        return await self.sockets.send_flow(self.socks[flow], data, s.dst_str, s.dport, ttl)
+        return self.sockets.flow_packet(self.socks[flow], data, s.dst_str, s.dport, ttl)
 
     def release(self) -> None:
         socks, self.socks = self.socks, []
