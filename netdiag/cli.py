@@ -320,6 +320,7 @@ _COMMANDS = {
     "trace": ("netdiag.trace.__main__", "multipath traceroute (Paris flows, MDA)"),
     "knock": ("netdiag.knock.__main__", "TCP round trips with half-open SYN probes"),
     "doctor": ("netdiag.doctor", "which modes this user can run here, and how to enable the rest"),
+    "exporter": ("netdiag.exporter.__main__", "continuous ping/trace/knock as a Prometheus exporter"),
 }
 
 
@@ -336,7 +337,7 @@ def _usage() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``netdiag ping|trace|knock|doctor ...``: the same tools as ``python -m netdiag.X``."""
+    """``netdiag ping|trace|knock|doctor|exporter ...``: the same tools as ``python -m netdiag.X``."""
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
         if args:
