@@ -88,7 +88,8 @@ def test_targets_parse() -> None:
     assert parse_target("[2001:db8:6::2]:22", True) == ("2001:db8:6::2", 22)
     assert parse_target("2001:db8:6::2", True) == ("2001:db8:6::2", 0)
     assert parse_target("dst:443", True) == ("dst", 443)
-    for bad in ("1.2.3.4:x", "[::1]", "-bad-", "a..b"):
+    assert parse_target("[2001:db8:6::2]", False) == ("2001:db8:6::2", 0)
+    for bad in ("1.2.3.4:x", "[::1", "-bad-", "a..b", "[dst]"):
         with pytest.raises(ValueError):
             parse_target(bad, True)
 

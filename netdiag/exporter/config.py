@@ -283,12 +283,14 @@ def parse_target(text: str, with_port: bool) -> tuple[str, int]:
             if not p.isdigit() or not 1 <= int(p) <= 65535:
                 raise ValueError(f"port in {text!r} must be between 1 and 65535")
             port = int(p)
-        elif text.startswith("["):
-            raise ValueError(f"{text!r} is not [ADDRESS]:PORT")
+    if port == 0 and host.startswith("[") and host.endswith("]") and ":" in host:
+        host = host[1:-1]  # [V6] without a port, as Prometheus' targets write it
+    if host.startswith("[") and ":" not in host:
+        raise ValueError(f"{text!r}: only IPv6 addresses go in brackets")
     try:
         ipaddress.ip_address(host)
     except ValueError:
-        if not _is_hostname(host):
+        if host.startswith("[") or not _is_hostname(host):
             raise ValueError(f"{text!r} is not an IP address or host name") from None
     return host, port
 
