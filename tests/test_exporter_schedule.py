@@ -249,3 +249,26 @@ def _exposition(runner: Any) -> str:
     from prometheus_client import generate_latest
 
     return generate_latest(runner.metrics.registry).decode()
+
+
+@pytest.mark.trio
+async def test_job_histogram_aggregates_rtts(clock: trio.testing.MockClock) -> None:
+    """rtt_histogram = "job": one RTT histogram for the job, counters still per target."""
+    pytest.importorskip("prometheus_client")
+    from prometheus_client import CollectorRegistry
+
+    from netdiag.exporter.runner import Runner
+
+    pinger = FakePinger()
+    runner = Runner(CollectorRegistry(), pinger, None, None)  # type: ignore[arg-type]
+    text = '[[ping]]\nname = "p"\ntargets = ["198.18.6.1", "198.18.6.2"]\nevery = 1.0\n'
+    runner.apply(_config(text + 'count = 1\nexpiry = 0.5\nrtt_histogram = "job"\n'))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(runner.run)
+        await trio.sleep(3.5)
+        nursery.cancel_scope.cancel()
+    text = _exposition(runner)
+    counts = [ln for ln in text.splitlines() if ln.startswith("netdiag_ping_rtt_seconds_count")]
+    assert len(counts) == 1 and 'target=""' in counts[0], counts
+    assert float(counts[0].split()[-1]) >= 6
+    assert text.count("netdiag_ping_sent_total{") == 2

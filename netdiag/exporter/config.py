@@ -93,6 +93,9 @@ class PingOptions:
     ttl: int | None = None
     tos: int | None = None
     df: bool | None = None
+    #: "target": an RTT histogram per target; "job": one for the whole job (thousands of
+    #: targets: ~21 series per target less), per-target counters and gauges either way
+    rtt_histogram: Literal["target", "job"] = "target"
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +121,7 @@ class KnockOptions:
     count: int = 1
     interval: float = 0.25
     expiry: float = 1.0
+    rtt_histogram: Literal["target", "job"] = "target"
 
 
 Options = PingOptions | TraceOptions | KnockOptions
@@ -311,14 +315,21 @@ def _labels(ctx: _Ctx, t: dict[str, Any], where: str) -> tuple[tuple[str, str], 
     return tuple(sorted(out))
 
 
-_PING_KEYS = {"count", "interval", "expiry", "size", "ttl", "tos", "df"}
+_PING_KEYS = {"count", "interval", "expiry", "size", "ttl", "tos", "df", "rtt_histogram"}
 _TRACE_KEYS = {"proto", "port", "max_ttl", "expiry", "confidence", "flows", "max_flows", "dns"}
-_KNOCK_KEYS = {"port", "ports", "count", "interval", "expiry"}
+_KNOCK_KEYS = {"port", "ports", "count", "interval", "expiry", "rtt_histogram"}
 _OPTION_KEYS: dict[Kind, set[str]] = {
     "ping": _PING_KEYS,
     "trace": _TRACE_KEYS,
     "knock": _KNOCK_KEYS,
 }
+
+
+def _histogram(ctx: _Ctx, t: dict[str, Any], where: str) -> Literal["target", "job"]:
+    v = t.get("rtt_histogram", "target")
+    if v not in ("target", "job"):
+        raise ctx.fail(f"{where}.rtt_histogram", f'must be "target" or "job", not {v!r}')
+    return "job" if v == "job" else "target"
 
 
 def _options(ctx: _Ctx, kind: Kind, t: dict[str, Any], where: str) -> Options:
@@ -331,6 +342,7 @@ def _options(ctx: _Ctx, kind: Kind, t: dict[str, Any], where: str) -> Options:
             ttl=_int(ctx, t, "ttl", where, 1, 255, None),
             tos=_int(ctx, t, "tos", where, 0, 255, None),
             df=_bool(ctx, t, "df", where),
+            rtt_histogram=_histogram(ctx, t, where),
         )
     if kind == "trace":
         proto = t.get("proto", "udp")
@@ -375,6 +387,7 @@ def _options(ctx: _Ctx, kind: Kind, t: dict[str, Any], where: str) -> Options:
         count=_int(ctx, t, "count", where, 1, 1000, 1) or 1,
         interval=_float(ctx, t, "interval", where, 0.0, 3600.0, 0.25),
         expiry=_float(ctx, t, "expiry", where, 0.0, 3600.0, 1.0, open_low=True),
+        rtt_histogram=_histogram(ctx, t, where),
     )
 
 

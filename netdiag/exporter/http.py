@@ -1,8 +1,11 @@
 """The exporter's HTTP side: an ASGI app served by Hypercorn's trio worker, in the same trio
 loop as the probes (so ``/probe`` uses the shared Pinger/Tracer/Knocker directly).
 
-No hand-written HTTP: Hypercorn parses requests, ``prometheus_client``'s ASGI app renders
-``/metrics`` (content negotiation, gzip). Routes:
+No hand-written HTTP or exposition: Hypercorn parses requests, ``prometheus_client``'s own
+app renders ``/metrics`` (content negotiation, gzip). Its WSGI flavour is used, called in a
+worker thread: rendering thousands of targets' series takes long enough (see
+docs/performance.md) that doing it in the trio thread would hold every probe round back; the
+library's metrics are thread-safe (they lock), so the probes keep running meanwhile. Routes:
 
 - ``/metrics``: the continuous jobs and the process;
 - ``/probe?module=NAME&target=HOST``: one diagnostic now, only its metrics (blackbox_exporter's
@@ -22,7 +25,7 @@ from urllib.parse import parse_qs
 import trio
 from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve as hyper_serve
-from prometheus_client import CollectorRegistry, make_asgi_app
+from prometheus_client import CollectorRegistry, make_wsgi_app
 
 from .runner import Runner, probe
 
@@ -55,7 +58,7 @@ async def _reply(send: Send, status: int, body: bytes, ctype: bytes = b"text/pla
 
 def make_app(registry: CollectorRegistry, runner: Runner, ready: Callable[[], bool]) -> Any:
     """The ASGI application for ``registry`` (``/metrics``) and ``runner`` (``/probe``)."""
-    metrics_app = make_asgi_app(registry)
+    metrics_app = make_wsgi_app(registry)
 
     async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -70,7 +73,7 @@ def make_app(registry: CollectorRegistry, runner: Runner, ready: Callable[[], bo
             return
         path = scope.get("path", "/")
         if path == "/metrics":
-            await metrics_app(scope, receive, send)
+            await _metrics(scope, send, metrics_app)
         elif path == "/probe":
             await _probe(scope, send, runner)
         elif path == "/-/healthy":
@@ -86,6 +89,32 @@ def make_app(registry: CollectorRegistry, runner: Runner, ready: Callable[[], bo
             await _reply(send, 404, b"Not found.\n")
 
     return app
+
+
+async def _metrics(scope: dict[str, Any], send: Send, wsgi_app: Any) -> None:
+    """prometheus_client's WSGI app, run in a worker thread (see the module docstring)."""
+    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+    environ = {
+        "REQUEST_METHOD": scope.get("method", "GET"),
+        "PATH_INFO": scope.get("path", "/metrics"),
+        "QUERY_STRING": scope.get("query_string", b"").decode("latin-1"),
+    }
+    if "accept" in headers:
+        environ["HTTP_ACCEPT"] = headers["accept"]
+    if "accept-encoding" in headers:
+        environ["HTTP_ACCEPT_ENCODING"] = headers["accept-encoding"]
+    box: list[Any] = []
+
+    def start_response(status: str, hdrs: list[tuple[str, str]]) -> None:
+        box.append((status, hdrs))
+
+    body = b"".join(await trio.to_thread.run_sync(wsgi_app, environ, start_response))
+    status, hdrs = box[0]
+    out = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in hdrs]
+    if not any(k == b"content-length" for k, _ in out):
+        out.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": int(status.split()[0]), "headers": out})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _probe(scope: dict[str, Any], send: Send, runner: Runner) -> None:

@@ -210,6 +210,8 @@ class Metrics:
         self._trace_prev: dict[tuple[str, ...], dict[int, frozenset[str]]] = {}
         self._trace_series: dict[tuple[str, ...], list[tuple[str, ...]]] = {}
         self._label_sets: dict[tuple[str, ...], None] = {}
+        self._hists: dict[tuple[int, tuple], Any] = {}
+        self._ping_children: dict[tuple, tuple[Any, Any, Any, Any, Any]] = {}
 
     def labels(self, check: str, target: str, user: Iterable[tuple[str, str]] = ()) -> tuple:
         d = dict(user)
@@ -219,35 +221,66 @@ class Metrics:
 
     # -- recording --------------------------------------------------------------------------
 
-    def ping_result(self, lab: tuple, r: PingResult) -> None:
+    def _hist(self, metric: Any, lab: tuple) -> Any:
+        """The histogram child for ``lab`` (cached: ``labels()`` takes a lock and hashes)."""
+        key = (id(metric), lab)
+        child = self._hists.get(key)
+        if child is None:
+            child = self._hists[key] = metric.labels(*lab)
+        return child
+
+    def _ping(self, lab: tuple) -> tuple[Any, Any, Any, Any, Any]:
+        c = self._ping_children.get(lab)
+        if c is None:
+            c = self._ping_children[lab] = (
+                self.ping_sent.labels(*lab),
+                self.ping_received.labels(*lab),
+                self.ping_ttl.labels(*lab),
+                self.ping_loss.labels(*lab),
+                self.rounds.labels(*lab),
+            )
+        return c
+
+    def job_labels(self, lab: tuple) -> tuple:
+        """``lab`` with an empty target: the series of a whole job (``rtt_histogram = "job"``);
+        Prometheus treats the empty label as absent."""
+        key = (lab[0], "", *lab[2:])
+        self._label_sets[key] = None
+        return key
+
+    def ping_result(self, lab: tuple, r: PingResult, hist: tuple | None = None) -> None:
+        """Count one ping result; its RTT goes to the histogram of ``hist`` (default ``lab``)."""
         if r.duplicate:
             self.ping_duplicates.labels(*lab).inc()
             return
         if r.late:
             self.ping_late.labels(*lab).inc()
             return
+        sent, received, ttl, _, _ = self._ping(lab)
         local = r.kind == "error" and (r.error is None or r.error.local)
         if not local:
-            self.ping_sent.labels(*lab).inc()
+            sent.inc()
         if r.kind == "reply":
-            self.ping_received.labels(*lab).inc()
+            received.inc()
             if r.rtt is not None:
-                self.ping_rtt.labels(*lab).observe(r.rtt)
+                self._hist(self.ping_rtt, hist or lab).observe(r.rtt)
             if r.ttl is not None:
-                self.ping_ttl.labels(*lab).set(r.ttl)
+                ttl.set(r.ttl)
         elif r.kind == "error":
             err = r.error
             kind = "local" if local or err is None or err.kind is None else err.kind.value
             self.ping_errors.labels(*lab, kind).inc()
 
     def ping_round(self, lab: tuple, sent: int, received: int) -> None:
-        self.rounds.labels(*lab).inc()
-        self.ping_loss.labels(*lab).set(1.0 - received / sent if sent else 1.0)
+        _, _, _, loss, rounds = self._ping(lab)
+        rounds.inc()
+        loss.set(1.0 - received / sent if sent else 1.0)
 
-    def knock_result(self, lab: tuple, state: str, rtt: float | None, last: bool) -> None:
+    def knock_result(self, lab: tuple, state: str, rtt: float | None, last: bool,
+                     hist: tuple | None = None) -> None:  # fmt: skip
         self.knock_results.labels(*lab, state).inc()
         if rtt is not None:
-            self.knock_rtt.labels(*lab).observe(rtt)
+            self._hist(self.knock_rtt, hist or lab).observe(rtt)
         if last:
             for s in KNOCK_STATES:
                 self.knock_state.labels(*lab, s).set(1.0 if s == state else 0.0)
@@ -316,6 +349,7 @@ class Metrics:
         gone = [k for k in self._label_sets if k not in keep]
         if not gone:
             return
+        gone_set = set(gone)
         plain = (
             self.ping_rtt,
             self.ping_sent,
@@ -343,7 +377,10 @@ class Metrics:
                 _remove(self.knock_state, (*lab, state))
             for key in self._trace_series.get(lab, []):
                 self._remove_trace_series(lab, key)
+        for hkey in [k for k in self._hists if k[1] in gone_set]:
+            del self._hists[hkey]
         for k in gone:
+            self._ping_children.pop(k, None)
             del self._label_sets[k]
             self._trace_prev.pop(k, None)
             self._trace_series.pop(k, None)

@@ -138,6 +138,8 @@ class Runner:
         self._jobs: dict[str, Job] = {}
         self._labels: dict[Key, tuple] = {}
         self._targets: dict[Key, tuple[str, int]] = {}
+        #: the histogram labels of targets whose job aggregates RTTs (rtt_histogram = "job")
+        self._hist: dict[Key, tuple] = {}
         #: job name -> why it cannot run (shown in logs and as netdiag_check_runnable 0)
         self.not_runnable: dict[str, str] = {}
         self._kick = trio.Event()
@@ -179,6 +181,7 @@ class Runner:
             self._holder.metrics = self.metrics
         jobs = {j.name: j for j in config.jobs if j.name not in self.not_runnable}
         labels: dict[Key, tuple] = {}
+        hist: dict[Key, tuple] = {}
         targets: dict[Key, tuple[str, int]] = {}
         entries = []
         for job in jobs.values():
@@ -186,10 +189,13 @@ class Runner:
                 text = target_text(host, port)
                 key = (job.name, text)
                 labels[key] = self.metrics.labels(job.name, text, job.labels)
+                if getattr(job.options, "rtt_histogram", "target") == "job":
+                    hist[key] = self.metrics.job_labels(labels[key])
                 targets[key] = (host, port)
                 entries.append(Entry(key, job.every, job.cost, job.name))
-        self.metrics.forget(set(labels.values()))
+        self.metrics.forget(set(labels.values()) | set(hist.values()))
         self._jobs, self._labels, self._targets = jobs, labels, targets
+        self._hist = hist
         self.scheduler.max_rate = config.max_rate
         self.scheduler.set_entries(entries, now)
         self.config = config
@@ -312,7 +318,7 @@ class Runner:
                 lab = self._labels.get(key)
                 if lab is None:  # removed by a reload while running
                     continue
-                m.ping_result(lab, r)
+                m.ping_result(lab, r, self._hist.get(key))
                 if not (r.duplicate or r.late):
                     c = counts[key]
                     if not (r.kind == "error" and (r.error is None or r.error.local)):
@@ -363,7 +369,8 @@ class Runner:
                     if r.kind == "error" and r.error is not None and r.error.local:
                         m.round_error(lab)
                     else:
-                        m.knock_result(lab, knock_state(r), r.rtt, r.seq == o.count - 1)
+                        last = r.seq == o.count - 1
+                        m.knock_result(lab, knock_state(r), r.rtt, last, self._hist.get(key))
                 if self.ndjson is not None:
                     self._emit("knock", key, r.as_dict())
         except (NetdiagError, OSError, ValueError, RuntimeError) as e:
