@@ -165,8 +165,18 @@ def main() -> int:
     p.add_argument("--traces", type=int, default=100, help="trace targets, 1 round/min each")
     p.add_argument("--knocks", type=int, default=1_000, help="knock targets, 1 SYN/s each")
     p.add_argument("--minutes", type=float, default=10.0)
-    p.add_argument("--scrape", type=float, default=2.0, help="seconds between /metrics scrapes")
+    p.add_argument(
+        "--scrape",
+        type=float,
+        default=15.0,
+        help="seconds between /metrics scrapes (Prometheus' default: 15)",
+    )
     p.add_argument("--max-rate", type=float, default=50_000.0)
+    p.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="run the exporter under cProfile, writing FILE (for pstats)",
+    )
     p.add_argument("--target-histograms", action="store_true",
                    help='rtt_histogram = "target" (default "job")')  # fmt: skip
     args = p.parse_args()
@@ -190,7 +200,9 @@ def main() -> int:
         s.close()
         log = open(tmp / "exporter.log", "w")  # noqa: SIM115 - closed in finally
         proc = subprocess.Popen(
-            ["ip", "netns", "exec", lab.ns("src"), sys.executable, "-m", "netdiag.exporter",
+            ["ip", "netns", "exec", lab.ns("src"), sys.executable,
+             *(["-m", "cProfile", "-o", args.profile] if args.profile else []),
+             "-m", "netdiag.exporter",
              "--config", str(cfg), "--listen", f"127.0.0.1:{port}"],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log,
             env={**os.environ, "PYTHONPATH": str(ROOT)},

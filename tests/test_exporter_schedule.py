@@ -272,3 +272,21 @@ async def test_job_histogram_aggregates_rtts(clock: trio.testing.MockClock) -> N
     assert len(counts) == 1 and 'target=""' in counts[0], counts
     assert float(counts[0].split()[-1]) >= 6
     assert text.count("netdiag_ping_sent_total{") == 2
+
+
+@pytest.mark.trio
+async def test_render_by_family_equals_generate_latest() -> None:
+    """/metrics renders family by family (checkpoints between): same bytes as one go."""
+    pytest.importorskip("hypercorn")
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from netdiag.exporter.http import render
+    from netdiag.exporter.metrics import Metrics
+
+    registry = CollectorRegistry()
+    m = Metrics(("site",), registry=registry)
+    for i in range(50):
+        lab = m.labels("p", f"198.18.6.{i}", [("site", "lab")])
+        m.ping_round(lab, 4, 3)
+        m.knock_result(lab, "open", 0.001, True)
+    assert await render(registry) == generate_latest(registry)

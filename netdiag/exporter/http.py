@@ -1,11 +1,13 @@
 """The exporter's HTTP side: an ASGI app served by Hypercorn's trio worker, in the same trio
 loop as the probes (so ``/probe`` uses the shared Pinger/Tracer/Knocker directly).
 
-No hand-written HTTP or exposition: Hypercorn parses requests, ``prometheus_client``'s own
-app renders ``/metrics`` (content negotiation, gzip). Its WSGI flavour is used, called in a
-worker thread: rendering thousands of targets' series takes long enough (see
-docs/performance.md) that doing it in the trio thread would hold every probe round back; the
-library's metrics are thread-safe (they lock), so the probes keep running meanwhile. Routes:
+No hand-written HTTP or exposition: Hypercorn parses requests and prometheus_client's
+``generate_latest`` renders ``/metrics``. Not its ready-made ASGI app, which renders the whole
+registry in one go: with thousands of targets that takes long enough (docs/performance.md) to
+hold every probe round back. Nor its WSGI app in a worker thread: the GIL then turns every
+socket call of the probe loop into a wait for the rendering thread (a "convoy"; measured: half
+the pings of 10,000 targets reported lost). So :func:`render` renders family by family in the
+trio thread, letting the probes run between families. Routes:
 
 - ``/metrics``: the continuous jobs and the process;
 - ``/probe?module=NAME&target=HOST``: one diagnostic now, only its metrics (blackbox_exporter's
@@ -16,6 +18,7 @@ library's metrics are thread-safe (they lock), so the probes keep running meanwh
 from __future__ import annotations
 
 import contextlib
+import gzip
 import logging
 import socket
 from collections.abc import Awaitable, Callable
@@ -25,7 +28,7 @@ from urllib.parse import parse_qs
 import trio
 from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve as hyper_serve
-from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from .runner import Runner, probe
 
@@ -58,7 +61,6 @@ async def _reply(send: Send, status: int, body: bytes, ctype: bytes = b"text/pla
 
 def make_app(registry: CollectorRegistry, runner: Runner, ready: Callable[[], bool]) -> Any:
     """The ASGI application for ``registry`` (``/metrics``) and ``runner`` (``/probe``)."""
-    metrics_app = make_wsgi_app(registry)
 
     async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -73,7 +75,7 @@ def make_app(registry: CollectorRegistry, runner: Runner, ready: Callable[[], bo
             return
         path = scope.get("path", "/")
         if path == "/metrics":
-            await _metrics(scope, send, metrics_app)
+            await _metrics(scope, send, registry)
         elif path == "/probe":
             await _probe(scope, send, runner)
         elif path == "/-/healthy":
@@ -91,29 +93,39 @@ def make_app(registry: CollectorRegistry, runner: Runner, ready: Callable[[], bo
     return app
 
 
-async def _metrics(scope: dict[str, Any], send: Send, wsgi_app: Any) -> None:
-    """prometheus_client's WSGI app, run in a worker thread (see the module docstring)."""
-    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-    environ = {
-        "REQUEST_METHOD": scope.get("method", "GET"),
-        "PATH_INFO": scope.get("path", "/metrics"),
-        "QUERY_STRING": scope.get("query_string", b"").decode("latin-1"),
-    }
-    if "accept" in headers:
-        environ["HTTP_ACCEPT"] = headers["accept"]
-    if "accept-encoding" in headers:
-        environ["HTTP_ACCEPT_ENCODING"] = headers["accept-encoding"]
-    box: list[Any] = []
+class _One:
+    """A collector of one already-collected metric family, for ``generate_latest``."""
 
-    def start_response(status: str, hdrs: list[tuple[str, str]]) -> None:
-        box.append((status, hdrs))
+    __slots__ = ("family",)
 
-    body = b"".join(await trio.to_thread.run_sync(wsgi_app, environ, start_response))
-    status, hdrs = box[0]
-    out = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in hdrs]
-    if not any(k == b"content-length" for k, _ in out):
-        out.append((b"content-length", str(len(body)).encode()))
-    await send({"type": "http.response.start", "status": int(status.split()[0]), "headers": out})
+    def __init__(self, family: Any) -> None:
+        self.family = family
+
+    def collect(self) -> list[Any]:
+        return [self.family]
+
+
+async def render(registry: CollectorRegistry) -> bytes:
+    """The text exposition of ``registry`` by prometheus_client's ``generate_latest``, one
+    metric family at a time with a trio checkpoint between families, so a big exposition only
+    holds the probes back for one family's worth of rendering at a time."""
+    parts = []
+    for family in registry.collect():
+        parts.append(generate_latest(_One(family)))  # type: ignore[arg-type]
+        await trio.sleep(0)
+    return b"".join(parts)
+
+
+async def _metrics(scope: dict[str, Any], send: Send, registry: CollectorRegistry) -> None:
+    body = await render(registry)
+    headers = [(b"content-type", CONTENT_TYPE_LATEST.encode())]
+    accept = b",".join(v for k, v in scope.get("headers", []) if k.lower() == b"accept-encoding")
+    if b"gzip" in accept and len(body) > 1024:
+        # zlib releases the GIL, so the thread costs the probes nothing
+        body = await trio.to_thread.run_sync(gzip.compress, body, 1)
+        headers.append((b"content-encoding", b"gzip"))
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
