@@ -212,6 +212,7 @@ class Metrics:
         self._label_sets: dict[tuple[str, ...], None] = {}
         self._hists: dict[tuple[int, tuple], Any] = {}
         self._ping_children: dict[tuple, tuple[Any, Any, Any, Any, Any]] = {}
+        self._knock_last: dict[tuple, str] = {}
 
     def labels(self, check: str, target: str, user: Iterable[tuple[str, str]] = ()) -> tuple:
         d = dict(user)
@@ -222,7 +223,8 @@ class Metrics:
     # -- recording --------------------------------------------------------------------------
 
     def _hist(self, metric: Any, lab: tuple) -> Any:
-        """The histogram child for ``lab`` (cached: ``labels()`` takes a lock and hashes)."""
+        """The child of ``metric`` for ``lab`` (cached: ``labels()`` takes a lock, checks and
+        hashes every label value, per call)."""
         key = (id(metric), lab)
         child = self._hists.get(key)
         if child is None:
@@ -278,10 +280,11 @@ class Metrics:
 
     def knock_result(self, lab: tuple, state: str, rtt: float | None, last: bool,
                      hist: tuple | None = None) -> None:  # fmt: skip
-        self.knock_results.labels(*lab, state).inc()
+        self._hist(self.knock_results, (*lab, state)).inc()
         if rtt is not None:
             self._hist(self.knock_rtt, hist or lab).observe(rtt)
-        if last:
+        if last and self._knock_last.get(lab) != state:
+            self._knock_last[lab] = state
             for s in KNOCK_STATES:
                 self.knock_state.labels(*lab, s).set(1.0 if s == state else 0.0)
 
@@ -377,10 +380,12 @@ class Metrics:
                 _remove(self.knock_state, (*lab, state))
             for key in self._trace_series.get(lab, []):
                 self._remove_trace_series(lab, key)
-        for hkey in [k for k in self._hists if k[1] in gone_set]:
+        n = 2 + len(self.extra)
+        for hkey in [k for k in self._hists if k[1][:n] in gone_set]:
             del self._hists[hkey]
         for k in gone:
             self._ping_children.pop(k, None)
+            self._knock_last.pop(k, None)
             del self._label_sets[k]
             self._trace_prev.pop(k, None)
             self._trace_series.pop(k, None)

@@ -47,7 +47,7 @@ log = logging.getLogger("netdiag.exporter")
 
 #: The timer never sleeps less than this: rounds due within it start together (bounds the
 #: wake-ups per second whatever the number of targets; lateness stays below it).
-RESOLUTION = 0.002
+RESOLUTION = 0.01
 Key = tuple[str, str]
 
 
@@ -135,9 +135,13 @@ class Runner:
             registry=registry,
         )
         registry.register(_Checks(self))
+        self._late = {k: self.lateness.labels(k) for k in ("ping", "trace", "knock")}
+        self._duration = {k: self.duration.labels(k) for k in ("ping", "trace", "knock")}
         self._jobs: dict[str, Job] = {}
         self._labels: dict[Key, tuple] = {}
         self._targets: dict[Key, tuple[str, int]] = {}
+        #: targets that are addresses, parsed once (names are resolved at each round)
+        self._addrs: dict[Key, IPAddress] = {}
         #: the histogram labels of targets whose job aggregates RTTs (rtt_histogram = "job")
         self._hist: dict[Key, tuple] = {}
         #: job name -> why it cannot run (shown in logs and as netdiag_check_runnable 0)
@@ -183,6 +187,7 @@ class Runner:
         labels: dict[Key, tuple] = {}
         hist: dict[Key, tuple] = {}
         targets: dict[Key, tuple[str, int]] = {}
+        addrs: dict[Key, IPAddress] = {}
         entries = []
         for job in jobs.values():
             for host, port in job.targets:
@@ -192,10 +197,14 @@ class Runner:
                 if getattr(job.options, "rtt_histogram", "target") == "job":
                     hist[key] = self.metrics.job_labels(labels[key])
                 targets[key] = (host, port)
+                addr = _literal(host)
+                if addr is not None:
+                    addrs[key] = addr
                 entries.append(Entry(key, job.every, job.cost, job.name))
         self.metrics.forget(set(labels.values()) | set(hist.values()))
         self._jobs, self._labels, self._targets = jobs, labels, targets
         self._hist = hist
+        self._addrs = addrs
         self.scheduler.max_rate = config.max_rate
         self.scheduler.set_entries(entries, now)
         self.config = config
@@ -230,8 +239,9 @@ class Runner:
             batches.setdefault(str(r.entry.group), []).append(r)
         for name, batch in batches.items():
             job = self._jobs[name]
+            late = self._late[job.kind]
             for r in batch:
-                self.lateness.labels(job.kind).observe(r.lateness)
+                late.observe(r.lateness)
             if job.kind == "ping":
                 nursery.start_soon(self._ping_batch, job, batch)
             elif job.kind == "knock":
@@ -246,7 +256,7 @@ class Runner:
         for r in batch:
             key: Key = r.key  # type: ignore[assignment]
             host, port = self._targets.get(key, ("", 0))
-            addr = _literal(host)
+            addr = self._addrs.get(key)
             if addr is None:
                 try:
                     with trio.fail_after(max(job.every / 2, 0.1)):
@@ -292,7 +302,7 @@ class Runner:
         finally:
             for key, _, _ in items:
                 self._finished(key)
-            self.duration.labels("ping").observe(trio.current_time() - start)
+            self._duration["ping"].observe(trio.current_time() - start)
 
     async def _ping_group(
         self, job: Job, o: PingOptions, group: list[tuple[Key, IPAddress, int]]
@@ -349,7 +359,7 @@ class Runner:
         finally:
             for key, _, _ in items:
                 self._finished(key)
-            self.duration.labels("knock").observe(trio.current_time() - start)
+            self._duration["knock"].observe(trio.current_time() - start)
 
     async def _knock_group(
         self, job: Job, o: KnockOptions, group: list[tuple[Key, IPAddress, int]]
@@ -416,7 +426,7 @@ class Runner:
                 self._emit("trace", key, result.as_dict())
         finally:
             self._finished(key)
-            self.duration.labels("trace").observe(trio.current_time() - start)
+            self._duration["trace"].observe(trio.current_time() - start)
 
     def _emit(self, kind: str, key: Key, doc: dict[str, Any]) -> None:
         assert self.ndjson is not None

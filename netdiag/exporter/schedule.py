@@ -103,6 +103,7 @@ class Scheduler:
         self._seq = 0
         self._tokens = 0.0
         self._tokens_at: float | None = None
+        self._largest = 1  # the largest cost of one round (the bucket must hold it)
         #: slots skipped because the previous round was still running, per key (cleared when
         #: the key goes away, so it stays bounded)
         self.skipped: dict[Hashable, int] = {}
@@ -115,9 +116,8 @@ class Scheduler:
     def burst(self) -> float:
         if self.max_rate is None:
             return math.inf
-        largest = max((s.entry.cost for s in self._states.values()), default=1)
         base = self._burst if self._burst is not None else self.max_rate * 0.1
-        return max(base, float(largest))
+        return max(base, float(self._largest))
 
     def __len__(self) -> int:
         return len(self._states)
@@ -150,6 +150,7 @@ class Scheduler:
             st = self._states[key] = _State(e, phase_of(key, e.every))
             st.running = running
             self._plan(st, now)
+        self._largest = max((e.cost for e in new.values()), default=1)
         self._compact(force=False)
 
     def _plan(self, st: _State, after: float) -> None:
