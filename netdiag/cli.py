@@ -337,7 +337,7 @@ def _usage() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``netdiag ping|trace|knock|doctor|exporter ...``: the same tools as ``python -m netdiag.X``."""
+    """``netdiag ping|trace|knock|doctor|exporter ...``: the tools of ``python -m netdiag.X``."""
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
         if args:
