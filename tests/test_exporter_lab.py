@@ -308,3 +308,69 @@ def test_example_config_runs_as_is_in_the_lab(clean_lab: Lab, tmp_path: Path) ->
         proc.wait(timeout=10)
         log.close()
     assert "Traceback" not in (tmp_path / "exporter.log").read_text()
+
+
+@pytest.mark.lab
+def test_unprivileged_runs_what_it_can_and_names_the_rest(clean_lab: Lab, tmp_path: Path) -> None:
+    """Without CAP_NET_RAW: ping (ICMP datagram sockets) and UDP traces run; an ICMP trace and
+    a knock job are named in the log and exported as not runnable; nothing stops."""
+    lab = clean_lab
+    if shutil.which("setpriv") is None:
+        pytest.fail("setpriv (util-linux) is missing")
+    old = lab.exec("src", "sysctl", "-n", "net.ipv4.ping_group_range").stdout.split()
+    lab.exec("src", "sysctl", "-qw", "net.ipv4.ping_group_range=0 2147483647")
+    config = tmp_path / "exporter.toml"
+    config.write_text(f"""
+[[ping]]
+name = "p"
+targets = ["{DST4}"]
+every = 0.5
+count = 1
+expiry = 0.4
+
+[[trace]]
+name = "udp-trace"
+targets = ["{DST4}"]
+every = 1.0
+max_ttl = 6
+expiry = 0.5
+
+[[trace]]
+name = "icmp-trace"
+targets = ["{DST4}"]
+proto = "icmp"
+
+[[knock]]
+name = "k"
+targets = ["{DST4}:22"]
+""")
+    port = _free_port(lab)
+    log = tmp_path / "exporter.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", lab.ns("src"), "setpriv", "--inh-caps=-net_raw",
+             "--bounding-set=-net_raw", sys.executable, "-m", "netdiag.exporter",
+             "--config", str(config), "--listen", f"127.0.0.1:{port}"],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)  # fmt: skip
+        try:
+            url = f"http://127.0.0.1:{port}/metrics"
+
+            def ran() -> str | None:
+                text = _get(lab, url).decode()
+                ok = all(f'netdiag_rounds_total{{check="{c}"' in text for c in ("p", "udp-trace"))
+                return text if ok else None
+
+            text = _wait("ping and UDP trace rounds", ran, 20)
+            assert 'netdiag_check_runnable{check="k",diagnostic="knock"} 0.0' in text
+            assert 'netdiag_check_runnable{check="icmp-trace",diagnostic="trace"} 0.0' in text
+            assert 'netdiag_check_runnable{check="p",diagnostic="ping"} 1.0' in text
+            assert f'netdiag_trace_reached{{check="udp-trace",target="{DST4}"}} 1.0' in text
+            assert 'netdiag_rounds_total{check="k"' not in text
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+            lab.exec("src", "sysctl", "-qw", f"net.ipv4.ping_group_range={old[0]} {old[1]}")
+    stderr = log.read_text()
+    assert "knock job 'k' cannot run" in stderr, stderr
+    assert "trace job 'icmp-trace' cannot run" in stderr and "CAP_NET_RAW" in stderr
+    assert "Traceback" not in stderr
