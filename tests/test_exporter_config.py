@@ -242,3 +242,28 @@ def test_bad_reload_keeps_old_jobs_and_good_reload_applies(tmp_path: Path) -> No
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.privileged
+def test_ndjson_prints_every_result_as_one_json_line() -> None:
+    import json
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "netdiag.exporter", "--ping", "127.0.0.1", "--knock",
+         "127.0.0.1:1", "--every", "2", "--ndjson", "--listen", f"127.0.0.1:{port}"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: (sample(scrape(port), "netdiag_rounds_total", check="cli-ping") or 0) >= 2)
+        wait_for(lambda: sample(scrape(port), "netdiag_rounds_total", check="cli-knock"))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=10)
+    docs = [json.loads(line) for line in out.splitlines()]
+    pings = [d for d in docs if d["diagnostic"] == "ping"]
+    knocks = [d for d in docs if d["diagnostic"] == "knock"]
+    assert len(pings) >= 8 and all(d["check"] == "cli-ping" for d in pings)  # 4 per round
+    assert {d["result"]["kind"] for d in pings} == {"reply"}
+    assert knocks and knocks[0]["target"] == "127.0.0.1:1"
+    assert knocks[0]["result"]["kind"] == "closed"

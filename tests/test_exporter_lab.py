@@ -101,7 +101,7 @@ class Prom:
 
 
 @pytest.fixture
-def servers(clean_lab: Lab, dst_listener: int, tmp_path: Path) -> Iterator[tuple[Prom, int]]:
+def servers(clean_lab: Lab, dst_listener: int, tmp_path: Path) -> Iterator[tuple[Prom, Path]]:
     lab = clean_lab
     prometheus = shutil.which("prometheus")
     if prometheus is None:
@@ -195,7 +195,7 @@ scrape_configs:
         prom = Prom(lab, prom_port)
         _wait("Prometheus ready", lambda: _get(lab, f"http://127.0.0.1:{prom_port}/-/ready"), 30)
         _wait("the exporter ready", lambda: _get(lab, f"http://127.0.0.1:{exp_port}/-/ready"), 30)
-        yield prom, exp_port
+        yield prom, tmp_path / "exporter.log"
     finally:
         for p in procs:
             p.terminate()
@@ -214,8 +214,8 @@ scrape_configs:
 
 
 @pytest.mark.lab
-def test_prometheus_scrapes_and_queries_the_exporter(servers: tuple[Prom, int], lab: Lab) -> None:
-    prom, _ = servers
+def test_prometheus_scrapes_and_queries_the_exporter(servers: tuple[Prom, Path], lab: Lab) -> None:
+    prom, log = servers
     # ~15 s of scraping, but no longer than needed for every series to be there
     t0 = time.time()
     _wait("the first RTT samples", lambda: prom.query(
@@ -276,6 +276,10 @@ def test_prometheus_scrapes_and_queries_the_exporter(servers: tuple[Prom, int], 
     _wait(
         "TTL 2 to be r2a alone", lambda: {t: prom.hops().get(t) for t in r2a_only} == r2a_only, 20
     )
+    # the change is logged with the previous and the new hop sets
+    text = log.read_text()
+    assert "path changed: 1:{198.18.1.1} 2:{198.18.2.2,198.18.3.2}" in text, text
+    assert "-> 1:{198.18.1.1} 2:{198.18.2.2} 3:{198.18.4.2}" in text, text
 
 
 @pytest.mark.lab
