@@ -320,7 +320,7 @@ _COMMANDS = {
     "trace": ("netdiag.trace.__main__", "multipath traceroute (Paris flows, MDA)"),
     "knock": ("netdiag.knock.__main__", "TCP round trips with half-open SYN probes"),
     "doctor": ("netdiag.doctor", "which modes this user can run here, and how to enable the rest"),
-    "exporter": ("netdiag.exporter.__main__", "continuous ping/trace/knock as a Prometheus exporter"),
+    "exporter": ("netdiag.exporter.__main__", "ping, trace and knock jobs for Prometheus"),
 }
 
 
