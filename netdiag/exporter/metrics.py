@@ -283,7 +283,12 @@ class Metrics:
         self._hist(self.knock_results, (*lab, state)).inc()
         if rtt is not None:
             self._hist(self.knock_rtt, hist or lab).observe(rtt)
-        if last and self._knock_last.get(lab) != state:
+        if last:
+            self.knock_last(lab, state)
+
+    def knock_last(self, lab: tuple, state: str) -> None:
+        """``netdiag_knock_state``: 1 for ``state`` (the round's latest SYN), 0 for the rest."""
+        if self._knock_last.get(lab) != state:
             self._knock_last[lab] = state
             for s in KNOCK_STATES:
                 self.knock_state.labels(*lab, s).set(1.0 if s == state else 0.0)

@@ -367,6 +367,7 @@ class Runner:
         assert self.knocker is not None
         by_pair = {(addr, port): key for key, addr, port in group}
         m = self.metrics
+        final: dict[Key, tuple[int, str]] = {}  # the state of each target's latest SYN
         try:
             async for r in self.knocker.sweep(
                 list(by_pair), count=o.count, interval=o.interval, expiry=o.expiry
@@ -379,8 +380,10 @@ class Runner:
                     if r.kind == "error" and r.error is not None and r.error.local:
                         m.round_error(lab)
                     else:
-                        last = r.seq == o.count - 1
-                        m.knock_result(lab, knock_state(r), r.rtt, last, self._hist.get(key))
+                        state = knock_state(r)
+                        m.knock_result(lab, state, r.rtt, False, self._hist.get(key))
+                        if r.seq >= final.get(key, (-1, ""))[0]:
+                            final[key] = (r.seq, state)
                 if self.ndjson is not None:
                     self._emit("knock", key, r.as_dict())
         except (NetdiagError, OSError, ValueError, RuntimeError) as e:
@@ -392,6 +395,8 @@ class Runner:
             lab = self._labels.get(key)
             if lab is not None:
                 m.rounds.labels(*lab).inc()
+                if key in final:
+                    m.knock_last(lab, final[key][1])
 
     async def _trace_round(self, job: Job, rnd: Round) -> None:
         start = trio.current_time()
@@ -518,11 +523,15 @@ async def probe(runner: Runner, module: Module, target: str, timeout: float) -> 
                 if not p:
                     raise ValueError("knock modules need HOST:PORT targets or a port")
                 knock = Knock(addr, p, o.count, o.interval, o.expiry)
+                latest = (-1, "")
                 async for kr in runner.knocker.results(knock):
                     if not (kr.duplicate or kr.late):
                         state = knock_state(kr)
-                        metrics.knock_result(lab, state, kr.rtt, kr.seq == o.count - 1)
+                        metrics.knock_result(lab, state, kr.rtt, False)
                         ok = ok or state == "open"
+                        latest = max(latest, (kr.seq, state))
+                if latest[1]:
+                    metrics.knock_last(lab, latest[1])
             else:
                 assert isinstance(o, TraceOptions)
                 if runner.tracer is None:
