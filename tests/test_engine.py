@@ -208,3 +208,27 @@ async def test_remove_socket_stops_its_loop_and_closes_it_alone() -> None:
     engine.remove_socket(keep)  # after the engine closed: harmless
     for s in (tx_keep, tx_gone, _tx):
         s.close()
+
+
+async def test_a_reply_read_late_by_a_busy_process_is_not_called_late() -> None:
+    """A reply that reached the socket before its probe's deadline, while the process was too
+    busy to read it, is credited: the expiry task drains the sockets before expiring. (Without
+    that, whether the receive task or the expiry task runs first after the stall is trio's
+    coin flip; ten rounds make a regression all but certain to show.)"""
+    import time
+
+    rs, tx = udp_rawsocket()
+    sink = Recorder()
+    async with Engine() as engine:
+        engine.add_socket(rs, classify)
+        await trio.sleep(0.01)  # the receive loop is waiting on the socket
+        for i in range(10):
+            key = f"busy{i}"
+            lease = engine.register(key, sink, 0.02)
+            tx.send(f"{key}:reply".encode())
+            time.sleep(0.05)  # the process is busy past the deadline: no checkpoint
+            await trio.sleep(0.05)
+            assert sink.events[-1] == ("event", "reply", False), sink.events
+            lease.release()
+        assert engine.stats.expired == 0
+    tx.close()

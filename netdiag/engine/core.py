@@ -30,7 +30,7 @@ from typing import Any
 import trio
 
 from ..sock import ProbeSocket
-from .receive import Classifier, EngineStats, log, receive_loop
+from .receive import Classifier, EngineStats, Receiver, log
 from .table import DemuxTable, Lease, Sink
 
 __all__ = ["Engine"]
@@ -51,6 +51,7 @@ class Engine:
         self._sockets: dict[ProbeSocket, None] = {}  # ordered; O(1) removal
         #: the cancel scope of each socket's receive loop, so one socket can be removed alone
         self._loops: dict[ProbeSocket, trio.CancelScope] = {}
+        self._receivers: dict[ProbeSocket, Receiver] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -75,6 +76,7 @@ class Engine:
                 s.close()
             self._sockets.clear()
             self._loops.clear()
+            self._receivers.clear()
             self._table.clear()
         if body_error is not None:
             raise body_error
@@ -104,7 +106,9 @@ class Engine:
         if classify is not None:
             # The scope exists before the task runs, so remove_socket works at once.
             scope = self._loops[sock] = trio.CancelScope()
-            self.nursery.start_soon(self._scoped_receive_loop, sock, classify, scope)
+            receiver = Receiver(sock, classify, self._table, self.stats, self._batch)
+            self._receivers[sock] = receiver
+            self.nursery.start_soon(self._scoped_receive_loop, receiver, scope)
 
     def remove_socket(self, sock: ProbeSocket) -> None:
         """Stop ``sock``'s receive loop and close it: for sockets that live shorter than the
@@ -114,6 +118,7 @@ class Engine:
         scope = self._loops.pop(sock, None)
         if scope is not None:
             scope.cancel()
+        self._receivers.pop(sock, None)
         self._sockets.pop(sock, None)
         sock.close()
 
@@ -147,7 +152,13 @@ class Engine:
         table = self._table
         stats = self.stats
         while True:
-            for lease in table.pop_due(trio.current_time()):
+            now = trio.current_time()
+            if table.next_deadline <= now:
+                # Replies may be waiting in the sockets (a busy process has not read them
+                # yet): take them first, so none is called late that arrived in time.
+                for receiver in list(self._receivers.values()):
+                    receiver.drain()
+            for lease in table.pop_due(now):
                 stats.expired += 1
                 try:
                     lease.sink.on_expire(lease)
@@ -159,9 +170,7 @@ class Engine:
                 await trio.sleep_forever()
             self._expiry_scope = None
 
-    async def _scoped_receive_loop(
-        self, sock: ProbeSocket, classify: Classifier, scope: trio.CancelScope
-    ) -> None:
+    async def _scoped_receive_loop(self, receiver: Receiver, scope: trio.CancelScope) -> None:
         with scope:
             if not scope.cancel_called:  # removed before it started: never touch the fd
-                await receive_loop(sock, classify, self._table, self.stats, self._batch)
+                await receiver.run()

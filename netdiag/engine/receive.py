@@ -19,7 +19,7 @@ from ..sock import ProbeSocket
 from ..wire.packet import Packet
 from .table import DemuxTable
 
-__all__ = ["Classifier", "EngineStats", "receive_loop"]
+__all__ = ["Classifier", "EngineStats", "Receiver"]
 
 log = logging.getLogger("netdiag.engine")
 
@@ -56,36 +56,51 @@ def _family(sock: ProbeSocket) -> str:
     return "IPv6" if sock.v6 else "IPv4"
 
 
-async def receive_loop(
-    sock: ProbeSocket, classify: Classifier, table: DemuxTable, stats: EngineStats, batch: int
-) -> None:
-    """Receive from ``sock`` forever, handing each packet that ``classify`` maps to a
-    registered key to that lease's sink."""
-    leases = table.leases
-    drops = sock.drops
-    warned = -math.inf
-    while True:
-        await sock.wait_readable()
-        packets, err = sock.recv_batch(batch)
+class Receiver:
+    """One socket's receive side: drain it and hand each packet that ``classify`` maps to a
+    registered key to that lease's sink. :meth:`run` is the loop a task runs; :meth:`drain` is
+    one non-blocking pass, which the expiry task also calls before it declares probes lost --
+    so a reply that arrived before its deadline but was not read yet (a busy process) is
+    credited, not reported late."""
+
+    __slots__ = ("batch", "classify", "drops", "sock", "stats", "table", "warned")
+
+    def __init__(
+        self,
+        sock: ProbeSocket,
+        classify: Classifier,
+        table: DemuxTable,
+        stats: EngineStats,
+        batch: int,
+    ) -> None:
+        self.sock = sock
+        self.classify = classify
+        self.table = table
+        self.stats = stats
+        self.batch = batch
+        self.drops = sock.drops
+        self.warned = -math.inf
+
+    async def run(self) -> None:
+        """Receive forever."""
+        sock = self.sock
+        while True:
+            await sock.wait_readable()
+            if self.drain() >= self.batch:
+                # A full batch: let the probes' consumers run before draining more.
+                await trio.lowlevel.checkpoint()
+
+    def drain(self) -> int:
+        """Read and dispatch up to one batch without blocking; return how many packets."""
+        sock, stats = self.sock, self.stats
+        packets, err = sock.recv_batch(self.batch)
         if err is not None:
             stats.socket_errors += 1
             log.warning("receive error on %s socket: %s", _family(sock), err)
-        if sock.drops != drops:
-            # The kernel threw replies away: they will show as timeouts. Say why, at most
-            # once a second per socket, so an overloaded host is not also flooded with logs.
-            lost = (sock.drops - drops) & 0xFFFFFFFF
-            drops = sock.drops
-            stats.kernel_drops += lost
-            if trio.current_time() - warned >= _WARN_EVERY:
-                warned = trio.current_time()
-                log.warning(
-                    "receive buffer full on %s socket: the kernel dropped %d packets "
-                    "(%d so far); their probes will be reported lost. A bigger rcvbuf, "
-                    "a lower rate or a less busy process helps",
-                    _family(sock),
-                    lost,
-                    stats.kernel_drops,
-                )
+        if sock.drops != self.drops:
+            self._dropped()
+        leases = self.table.leases
+        classify = self.classify
         for pkt in packets:
             stats.received += 1
             if pkt.truncated:
@@ -110,6 +125,22 @@ async def receive_loop(
             except Exception:
                 stats.sink_errors += 1
                 log.exception("sink failed on %r", key)
-        if len(packets) >= batch:
-            # A full batch: let the probes' consumers run before draining more.
-            await trio.lowlevel.checkpoint()
+        return len(packets)
+
+    def _dropped(self) -> None:
+        """The kernel threw replies away: they will show as timeouts. Say why, at most once a
+        second per socket, so an overloaded host is not also flooded with logs."""
+        sock, stats = self.sock, self.stats
+        lost = (sock.drops - self.drops) & 0xFFFFFFFF
+        self.drops = sock.drops
+        stats.kernel_drops += lost
+        if trio.current_time() - self.warned >= _WARN_EVERY:
+            self.warned = trio.current_time()
+            log.warning(
+                "receive buffer full on %s socket: the kernel dropped %d packets "
+                "(%d so far); their probes will be reported lost. A bigger rcvbuf, "
+                "a lower rate or a less busy process helps",
+                _family(sock),
+                lost,
+                stats.kernel_drops,
+            )
