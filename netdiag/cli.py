@@ -26,6 +26,7 @@ import trio
 
 from .errors import FamilyUnavailableError, PrivilegeError, ResolveError
 from .sock import Bind, parse_address
+from .stats import RttStats
 
 __all__ = [
     "EXIT_FAIL",
@@ -46,6 +47,7 @@ __all__ = [
     "int_range",
     "main",
     "print_json",
+    "rtt_summary",
     "run",
     "seconds",
 ]
@@ -207,6 +209,15 @@ def fmt_ms(seconds_: float) -> str:
     if ms >= 1:
         return f"{ms:.2f}"
     return f"{ms:.3f}"
+
+
+def rtt_summary(rtt: RttStats, with_mdev: bool = True) -> str | None:
+    """iputils' ``min/avg/max/mdev`` figures in milliseconds (fping's ``min/avg/max`` without
+    ``with_mdev``), or ``None`` when nothing was timed. One place for every CLI's summary."""
+    if not rtt.count:
+        return None
+    values = [rtt.min, rtt.avg, rtt.max] + ([rtt.mdev] if with_mdev else [])
+    return "/".join(f"{v * 1000:.3f}" for v in values if v is not None)
 
 
 def print_json(doc: Any) -> None:

@@ -140,9 +140,8 @@ def summary(host: str, port: int, s: KnockStats, elapsed: float) -> list[str]:
         parts.append(f"+{s.late} late")
     parts.append(f"time {elapsed * 1000:.0f}ms")
     lines = [f"--- {host} port {port} knock statistics ---", ", ".join(parts)]
-    r = s.rtt
-    if r.count:
-        vals = "/".join(f"{v * 1000:.3f}" for v in (r.min, r.avg, r.max, r.mdev))  # type: ignore[operator]
+    vals = cli.rtt_summary(s.rtt)
+    if vals is not None:
         lines.append(f"rtt min/avg/max/mdev = {vals} ms")
     return lines
 

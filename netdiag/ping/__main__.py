@@ -232,9 +232,8 @@ def _summary(run: HostRun) -> list[str]:
     parts.append(f"{loss:g}% packet loss")
     parts.append(f"time {elapsed:.0f}ms")
     lines = [f"--- {run.host} ping statistics ---", ", ".join(parts)]
-    r = s.rtt
-    if r.count:
-        vals = "/".join(f"{v * 1000:.3f}" for v in (r.min, r.avg, r.max, r.mdev))  # type: ignore[operator]
+    vals = cli.rtt_summary(s.rtt)
+    if vals is not None:
         lines.append(f"rtt min/avg/max/mdev = {vals} ms")
     return lines
 
@@ -374,9 +373,8 @@ def _mass(
                         f"{names[a]:<{width}} : xmt/rcv/%loss = "
                         f"{s.sent}/{s.received}/{s.loss * 100:.0f}%"
                     )
-                    r = s.rtt
-                    if r.min is not None and r.avg is not None and r.max is not None:
-                        vals = "/".join(f"{v * 1000:.3f}" for v in (r.min, r.avg, r.max))
+                    vals = cli.rtt_summary(s.rtt, with_mdev=False)
+                    if vals is not None:
                         line += f", min/avg/max = {vals}"
                     print(line)
             rate = sent / elapsed if elapsed > 0 else 0.0
