@@ -10,7 +10,12 @@ Modes:
 * ``sweep``  -- ``Pinger.sweep(targets, count=, interval=, expiry=, rate=)``: the mass-ping path;
 * ``ping``   -- ``Pinger.results(Ping(addr, count, interval))``: the plain single-target path
   (RTT accuracy against iputils);
-* ``knock``  -- ``Knocker.sweep(pairs, count=1)``: one sender task for every (host, port).
+* ``knock``  -- ``Knocker.sweep(pairs, count=1)``: one sender task for every (host, port);
+  the peak number of open file descriptors is sampled while it runs (knock fds, issue 12);
+* ``ping-many`` / ``knock-many`` -- N concurrent ``Pinger.ping(Ping(addr, count, interval))``
+  (``Knocker.knock(Knock(addr, port, count, interval))``) calls on one object, one trio task
+  each, one address each: the "many concurrent calls" shape of issue 12. Reports replies
+  received vs expected and the engine's kernel-drop counter.
 
 It prints one JSON object on stdout: counts, the library wall time (first send to last result;
 interpreter start-up, imports and opening sockets are excluded: the parent measures the whole
@@ -29,6 +34,7 @@ import resource
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 # The netdiag under test: run.py passes a snapshot of a commit in NETDIAG_PATH (default), or
 # the working tree (--working-tree); never whatever happens to be pip-installed.
@@ -184,8 +190,10 @@ async def run_knock(args: argparse.Namespace) -> dict:
     rtts: list[float] = []
     done = 0
 
-    async with Knocker() as knocker:
+    fds = FdPeak()
+    async with Knocker() as knocker, trio.open_nursery() as outer:
         rss_before = _status_kb("VmRSS")
+        outer.start_soon(fds.run)
 
         prof = cProfile.Profile() if args.profile else None
         if prof is not None:
@@ -210,6 +218,7 @@ async def run_knock(args: argparse.Namespace) -> dict:
             prof.disable()
             prof.dump_stats(args.profile)
         progress.end()
+        outer.cancel_scope.cancel()
     rtts.sort()
     answered = counts["open"] + counts["closed"]
     return {
@@ -220,6 +229,7 @@ async def run_knock(args: argparse.Namespace) -> dict:
         "sent": len(pairs),
         "received": answered,
         "outcomes": counts,
+        "fds_peak": fds.peak,
         "duplicates": dups,
         "late": late,
         "work_wall": wall,
@@ -228,6 +238,97 @@ async def run_knock(args: argparse.Namespace) -> dict:
         "hwm_kb": _status_kb("VmHWM"),
         "rtt_median": rtts[len(rtts) // 2] if rtts else None,
         "rtt_p99": rtts[min(len(rtts) - 1, int(len(rtts) * 0.99))] if rtts else None,
+    }
+
+
+class FdPeak:
+    """Samples this process's open file descriptors every ``every`` seconds (a trio task)."""
+
+    def __init__(self) -> None:
+        self.peak = _open_fds()
+
+    async def run(self, every: float = 0.02) -> None:
+        while True:
+            self.peak = max(self.peak, _open_fds())
+            await trio.sleep(every)
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def run_many(args: argparse.Namespace) -> dict:
+    """``args.n`` concurrent single-target calls, one task each, on one Pinger/Knocker."""
+    targets = _read_targets(args.targets)[: args.n]
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    knock = args.mode == "knock-many"
+    expected = len(targets) * args.count
+    received = missing = 0
+    done_calls = 0
+    fds = FdPeak()
+    if knock:
+        from netdiag import Knock, Knocker
+
+        obj: Any = Knocker()
+        port = int(args.ports.split(",")[0])
+    else:
+        obj = _pinger()
+    prof = cProfile.Profile() if args.profile else None
+    async with obj:
+        rss_before = _status_kb("VmRSS")
+        async with trio.open_nursery() as outer:
+            outer.start_soon(fds.run)
+            if prof is not None:
+                prof.enable()
+            cpu0 = time.process_time()
+            t0 = time.perf_counter()
+
+            async def one(addr: Any) -> None:
+                nonlocal received, missing, done_calls
+                if knock:
+                    it = obj.knock(Knock(addr, port, count=args.count, interval=args.interval,
+                                         expiry=args.expiry))  # fmt: skip
+                else:
+                    it = obj.ping(Ping(addr, count=args.count, interval=args.interval,
+                                       expiry=args.expiry))  # fmt: skip
+                async for rtt in it:
+                    if rtt is None:
+                        missing += 1
+                    else:
+                        received += 1
+                done_calls += 1
+
+            async with trio.open_nursery() as calls:
+                for a in targets:
+                    calls.start_soon(one, a)
+            wall = time.perf_counter() - t0
+            cpu = time.process_time() - cpu0
+            if prof is not None:
+                prof.disable()
+                prof.dump_stats(args.profile)
+            outer.cancel_scope.cancel()
+        engine = obj.engine.stats
+    return {
+        "tool": "netdiag",
+        "version": netdiag.__version__,
+        "mode": args.mode,
+        "calls": len(targets),
+        "calls_done": done_calls,
+        "probes": expected,
+        "sent": received + missing,
+        "received": received,
+        "missing": missing,
+        "kernel_drops": engine.kernel_drops,
+        "engine": {k: getattr(engine, k) for k in engine.__slots__},
+        "fds_peak": fds.peak,
+        "work_wall": wall,
+        "work_cpu": cpu,
+        "cpu_per_probe_us": cpu / expected * 1e6 if expected else None,
+        "rss_before_kb": rss_before,
+        "hwm_kb": _status_kb("VmHWM"),
+        "rtt_median": None,
+        "rtt_p99": None,
     }
 
 
@@ -281,7 +382,8 @@ async def run_trace(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("mode", choices=("sweep", "ping", "knock", "trace"))
+    p.add_argument("mode", choices=("sweep", "ping", "knock", "trace", "ping-many", "knock-many"))
+    p.add_argument("--n", type=int, default=1000, help="concurrent calls (ping-many, knock-many)")
     p.add_argument("--targets", help="file with one address per line (sweep, knock)")
     p.add_argument("--addr", help="single target (ping)")
     p.add_argument("--ports", default="80", help="comma-separated ports (knock)")
@@ -311,9 +413,10 @@ def main() -> None:
         if hasattr(ProbeSocket, "attach_filter"):
             ProbeSocket.attach_filter = lambda self, program: False  # type: ignore[method-assign]
 
-    fn = {"knock": run_knock, "trace": run_trace}.get(args.mode, run_ping_like)
+    fn = {"knock": run_knock, "trace": run_trace, "ping-many": run_many,
+          "knock-many": run_many}.get(args.mode, run_ping_like)  # fmt: skip
     try:
-        if args.mode == "knock":
+        if args.mode in ("knock", "knock-many"):
             from netdiag import Knocker  # noqa: F401
         if args.mode == "trace":
             from netdiag import Tracer  # noqa: F401

@@ -29,7 +29,14 @@ What it does, in order (see docs/performance.md for the why of each measurement)
 4. RTT under load: 10,000 targets x 1, sent back to back, under the same capture: per-probe
    error against the wire, median and p99.
 5. knock (if ``netdiag.Knocker`` imports): SYNs to many (host, port) pairs on dst, one port with a
-   listener; trace is a placeholder until ``netdiag.Tracer`` exists.
+   listener, with the peak number of open file descriptors; ``--knock-big 1000x100`` is
+   issue 12's "100,000 half-open probes over 1,000 hosts" (fds ≤ 1,024, ≥ 30,000/s).
+   Trace: the ECMP diamond lab.
+5b. many concurrent calls (``--concurrent 5000,10000,20000``, part of ``--all``): N tasks each
+   running ``Pinger.ping(Ping(addr, count=3, interval=0.2))`` on one Pinger, then N tasks each
+   running ``Knocker.knock(Knock(addr, 8080, count=3, interval=0.2))`` on one Knocker (one
+   address per task). Reported: replies received vs expected (false loss), CPU per probe next
+   to the sweep's (target at most 2x), kernel drops (``engine.stats.kernel_drops``).
 6. prints the table, writes benchmarks/out/results-<time>.json (+ latest.json, latest.md), and
    with ``--profile`` runs netdiag's mass-ping worker under cProfile and prints where time goes.
 
@@ -829,14 +836,44 @@ class Bench:
 
     # -- knock ---------------------------------------------------------------------------------
 
-    def knock(self, workload: str, hosts: int, ports: list[int]) -> Row | None:
-        listen_port = ports[0]
+    @contextlib.contextmanager
+    def listener(self, port: int) -> Any:
+        """A TCP listener on dst (every target address: they are ``local`` routes there)."""
         with self.lab.enter("dst"):
             ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            ls.bind(("0.0.0.0", listen_port))
+            ls.bind(("0.0.0.0", port))
             ls.listen(4096)
+            yield ls
+        finally:
+            ls.close()
+
+    def many(self, what: str, n: int, count: int, interval: float, port: int = 8080) -> Row:
+        """``n`` concurrent ping()/knock() calls on one object, one task and address each."""
+        mode = f"{what}-many"
+        wl = f"{mode} {n}x{count}"
+        argv = [self.py, str(HERE / "_netdiag_worker.py"), mode, "--n", str(n),
+                "--targets", str(self.targets_file(n)), "--count", str(count),
+                "--interval", str(interval), "--expiry", str(self.args.timeout),
+                "--ports", str(port), "--deadline", str(self.args.deadline)]  # fmt: skip
+        row = Row("netdiag", wl, n * count)
+        before = snmp_counters(self.lab, "src") if what == "ping" else None
+        with self.listener(port) if what == "knock" else _null():
+            h = spawn(self.lab, "src", argv, timeout=self.args.deadline + 10)
+            proc = reap(h, wl, ticker=self.progress)
+        self._parse_worker(row, proc)
+        x = row.extra
+        if x:
+            per = x.get("cpu_per_probe_us") or 0.0
+            row.note = (f"{x.get('calls_done')}/{n} calls done, kernel drops "
+                        f"{x.get('kernel_drops')}, {per:.1f} µs CPU/probe, peak fds "
+                        f"{x.get('fds_peak')}")  # fmt: skip
+        return self._finish(row, proc, before)
+
+    def knock(self, workload: str, hosts: int, ports: list[int]) -> Row | None:
+        listen_port = ports[0]
+        with self.listener(listen_port):
             argv = [self.py, str(HERE / "_netdiag_worker.py"), "knock",
                     "--targets", str(self.targets_file(hosts)),
                     "--ports", ",".join(map(str, ports)), "--expiry", str(self.args.timeout),
@@ -848,10 +885,9 @@ class Bench:
             proc = reap(h)
             self._parse_worker(row, proc)
             out = row.extra.get("outcomes", {})
-            row.note = f"open {out.get('open', 0)}, closed {out.get('closed', 0)}"
+            row.note = (f"open {out.get('open', 0)}, closed {out.get('closed', 0)}, peak fds "
+                        f"{row.extra.get('fds_peak')}")  # fmt: skip
             return self._finish(row, proc, None)
-        finally:
-            ls.close()
 
 
 class _null:
@@ -1026,12 +1062,20 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--load-targets", type=int, help="RTT-under-load burst (default 10000)")
     p.add_argument("--knock-hosts", type=int, help="knock hosts (default 1000, quick 200)")
     p.add_argument("--knock-ports", default="8080,22,80,443,3306")
+    p.add_argument("--knock-big", metavar="HOSTSxPORTS",
+                   help="also knock HOSTS x PORTS pairs (8080 open, then closed ports 10001..):"
+                        " issue 12's 1000x100 fd/rate shape (part of --all)")
+    p.add_argument("--concurrent", metavar="N,N,...",
+                   help="N concurrent ping()/knock() calls on one object (one task each), e.g."
+                        " 5000,10000,20000 (--all: that list)")
+    p.add_argument("--concurrent-count", type=int, default=3)
+    p.add_argument("--concurrent-interval", type=float, default=0.2)
     p.add_argument("--icmplib-tasks", type=int, default=1000,
                    help="icmplib concurrent_tasks (one raw socket each)")
     p.add_argument("--no-peers", action="store_true", help="netdiag only")
     p.add_argument("--skip", action="append", default=[],
                    choices=("mass", "rtt", "load", "knock", "trace", "icmplib", "baseline",
-                            "dgram"))
+                            "dgram", "many"))
     p.add_argument("--router", action="store_true", help="put a router between src and dst")
     p.add_argument("--no-tx-stamps", action="store_true",
                    help="netdiag without kernel transmit timestamps (the before-issue-12 RTTs)")
@@ -1073,6 +1117,14 @@ def main() -> int:
     rtt_n = args.rtt_probes or (100 if args.quick else 200)
     load_n = args.load_targets or (2000 if args.quick else 10000)
     knock_hosts = args.knock_hosts or (200 if args.quick else 1000)
+    concurrent = [int(x) for x in (args.concurrent or "").split(",") if x]
+    knock_big = args.knock_big
+    if args.all:
+        concurrent = concurrent or [5000, 10000, 20000]
+        knock_big = knock_big or "1000x100"
+    if any(c > V4_TARGETS.num_addresses - 2 for c in concurrent):
+        print("run.py: at most 32766 concurrent calls (one IPv4 target each)", file=sys.stderr)
+        return 2
     for n_, _ in [*shapes, (load_n, 1)]:
         if n_ > (V4_TARGETS.num_addresses - 2) + 2**20:
             most = (V4_TARGETS.num_addresses - 2) + 2**20
@@ -1139,6 +1191,17 @@ def main() -> int:
             wl = f"knock {knock_hosts}x{len(ports)}"
             log(f"== {wl}")
             bench.knock(wl, knock_hosts, ports)
+            if knock_big:
+                h_, _, p_ = knock_big.partition("x")
+                big_ports = [ports[0], *range(10001, 10001 + int(p_ or 1) - 1)]
+                wl = f"knock {int(h_)}x{len(big_ports)}"
+                log(f"== {wl}")
+                bench.knock(wl, int(h_), big_ports)
+        if concurrent and "many" not in args.skip:
+            for what in ("ping", "knock"):
+                for c in concurrent:
+                    log(f"== {what}-many {c}x{args.concurrent_count}")
+                    bench.many(what, c, args.concurrent_count, args.concurrent_interval)
         if args.flood or args.flood_only:
             wl = f"flood {args.flood_count // 1000}k + ping 60x30ms"
             for kernel_filter in (False, True):
@@ -1238,8 +1301,28 @@ def summarize(rows: list[Row]) -> list[str]:
             out.append(f"{r.workload}: netdiag RTT error vs wire median "
                        f"{us(r.wire['err_median'])} µs, p99 |err| {us(r.wire['abs_err_p99'])} µs "
                        f"(target p99 ≤ 100), {r.wire['matched']} probes matched")  # fmt: skip
-        if r.tool == "netdiag" and r.workload.startswith("knock") and r.wall:
-            out.append(f"{r.workload}: {r.rate:,.0f} SYNs/s (target ≥ 20,000)")
+        if r.tool == "netdiag" and r.workload.startswith("knock ") and r.wall:
+            out.append(f"{r.workload}: {r.rate:,.0f} SYNs/s (target ≥ 20,000; 1000x100: "
+                       f"≥ 30,000), peak open fds {r.extra.get('fds_peak')} (target ≤ 1,024)")
+    sweeps = {
+        "ping": next((r for r in rows if r.tool == "netdiag" and r.workload.startswith("mass")
+                      and r.work_cpu), None),
+        "knock": next((r for r in rows if r.tool == "netdiag"
+                       and r.workload.startswith("knock ") and r.work_cpu), None),
+    }  # fmt: skip
+    for r in rows:
+        what = r.workload.split("-", 1)[0]
+        if r.tool != "netdiag" or "-many " not in r.workload or not r.work_cpu:
+            continue
+        per = r.work_cpu / r.probes
+        line = (f"{r.workload}: {r.received:,}/{r.probes:,} replies, false loss {r.lost}, "
+                f"kernel drops {r.extra.get('kernel_drops')}, {per * 1e6:.1f} µs CPU/probe")
+        ref = sweeps.get(what)
+        if ref is not None and ref.work_cpu:
+            ref_per = ref.work_cpu / ref.probes
+            line += (f" = {per / ref_per:.2f}× the sweep's {ref_per * 1e6:.1f} µs "
+                     f"({ref.workload}; target ≤ 2×)")
+        out.append(line)
     return out
 
 
