@@ -254,7 +254,10 @@ class FdPeak:
 
 
 def _open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:  # EMFILE: every descriptor is in use
+        return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 async def run_many(args: argparse.Namespace) -> dict:

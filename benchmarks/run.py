@@ -510,6 +510,8 @@ class Row:
     kernel_replies: int | None = None
     note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    #: 1-minute load average when the row finished (the machine is shared: read with it)
+    load: float = 0.0
 
     @property
     def lost(self) -> int:
@@ -539,6 +541,21 @@ class Bench:
     def log(self, msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
+    @contextlib.contextmanager
+    def version(self, tool: str) -> Any:
+        """Run the netdiag worker of ``tool``: "netdiag" is the code under test, "netdiag@REV"
+        the ``--baseline`` snapshot (same run, same lab, same load: before/after)."""
+        old = os.environ.get("NETDIAG_PATH")
+        if tool.startswith("netdiag@"):
+            os.environ["NETDIAG_PATH"] = self.args.baseline_path
+        try:
+            yield
+        finally:
+            if old is None:
+                os.environ.pop("NETDIAG_PATH", None)
+            else:
+                os.environ["NETDIAG_PATH"] = old
+
     def split_targets(self, n: int, per: int) -> list[Path]:
         """The first ``n`` targets cut into files of at most ``per`` lines."""
         lines = target_list(n)
@@ -560,6 +577,7 @@ class Bench:
 
     def _finish(self, row: Row, proc: Proc, before: dict[str, int] | None) -> Row:
         row.proc_wall, row.cpu, row.maxrss_kb = proc.wall, proc.cpu, proc.maxrss_kb
+        row.load = os.getloadavg()[0]
         if before is not None:
             row.kernel_replies = replies_in(before, snmp_counters(self.lab, "src"))
         if proc.killed:
@@ -661,7 +679,7 @@ class Bench:
         """One tool, one process, the whole target file; optionally under capture."""
         deadline = self.args.deadline + 10
         own_progress = False
-        if tool == "netdiag":
+        if tool.startswith("netdiag"):
             argv = self.argv_netdiag("sweep", n, count, interval, dump=capture, profile=profile)
             own_progress = True
         elif tool == "fping":
@@ -687,7 +705,8 @@ class Bench:
             per = max(1, FPING_MAX // count)
             files = self.split_targets(n, per)
             chunks = len(files)
-        with Capture(self.lab, "src", self.iface) if capture else _null() as cap:
+        with Capture(self.lab, "src", self.iface) if capture else _null() as cap, \
+                self.version(tool):
             if chunks == 1:
                 h = spawn(self.lab, "src", argv, timeout=deadline, stderr_inherit=own_progress)
                 proc = reap(h, f"{tool} {workload}", ticker=self.progress and not own_progress)
@@ -849,7 +868,8 @@ class Bench:
         finally:
             ls.close()
 
-    def many(self, what: str, n: int, count: int, interval: float, port: int = 8080) -> Row:
+    def many(self, what: str, n: int, count: int, interval: float, port: int = 8080,
+             tool: str = "netdiag", profile: Path | None = None) -> Row:  # fmt: skip
         """``n`` concurrent ping()/knock() calls on one object, one task and address each."""
         mode = f"{what}-many"
         wl = f"{mode} {n}x{count}"
@@ -857,9 +877,11 @@ class Bench:
                 "--targets", str(self.targets_file(n)), "--count", str(count),
                 "--interval", str(interval), "--expiry", str(self.args.timeout),
                 "--ports", str(port), "--deadline", str(self.args.deadline)]  # fmt: skip
-        row = Row("netdiag", wl, n * count)
+        if profile:
+            argv += ["--profile", str(profile)]
+        row = Row(tool, wl, n * count)
         before = snmp_counters(self.lab, "src") if what == "ping" else None
-        with self.listener(port) if what == "knock" else _null():
+        with self.listener(port) if what == "knock" else _null(), self.version(tool):
             h = spawn(self.lab, "src", argv, timeout=self.args.deadline + 10)
             proc = reap(h, wl, ticker=self.progress)
         self._parse_worker(row, proc)
@@ -871,16 +893,17 @@ class Bench:
                         f"{x.get('fds_peak')}")  # fmt: skip
         return self._finish(row, proc, before)
 
-    def knock(self, workload: str, hosts: int, ports: list[int]) -> Row | None:
+    def knock(self, workload: str, hosts: int, ports: list[int],
+              tool: str = "netdiag") -> Row | None:  # fmt: skip
         listen_port = ports[0]
-        with self.listener(listen_port):
+        with self.listener(listen_port), self.version(tool):
             argv = [self.py, str(HERE / "_netdiag_worker.py"), "knock",
                     "--targets", str(self.targets_file(hosts)),
                     "--ports", ",".join(map(str, ports)), "--expiry", str(self.args.timeout),
                     "--deadline", str(self.args.deadline)]  # fmt: skip
             if self.progress:
                 argv.append("--progress")
-            row = Row("netdiag", workload, hosts * len(ports))
+            row = Row(tool, workload, hosts * len(ports))
             h = spawn(self.lab, "src", argv, timeout=self.args.deadline + 10, stderr_inherit=True)
             proc = reap(h)
             self._parse_worker(row, proc)
@@ -910,12 +933,12 @@ def us(v: float | None) -> str:
 def table(rows: list[Row], markdown: bool = False) -> str:
     head = ["tool", "workload", "probes", "false loss", "wall s", "proc s", "rate/s", "CPU s",
             "work CPU s", "max RSS MB", "RTT med µs", "RTT p99 µs", "err med µs", "err p99 µs",
-            "netdiag ÷ tool", "note"]  # fmt: skip
+            "netdiag ÷ tool", "load", "note"]  # fmt: skip
     ref: dict[str, Row] = {r.workload: r for r in rows if r.tool == "netdiag"}
     body = []
     for r in rows:
         if r.probes == 0:
-            body.append([r.tool, r.workload] + ["-"] * 13 + [r.note])
+            body.append([r.tool, r.workload] + ["-"] * 14 + [r.note])
             continue
         nd = ref.get(r.workload)
         ratio = "-"
@@ -942,14 +965,14 @@ def table(rows: list[Row], markdown: bool = False) -> str:
             f"< {r.rate:,.0f}" if "killed" in r.note else f"{r.rate:,.0f}", f"{r.cpu:.2f}",
             "-" if r.work_cpu is None else f"{r.work_cpu:.2f}",
             f"{r.maxrss_kb / 1024:.1f}", us(r.rtt_median), us(r.rtt_p99),
-            us(w.get("err_median")), us(w.get("abs_err_p99")), ratio, r.note,
+            us(w.get("err_median")), us(w.get("abs_err_p99")), ratio, f"{r.load:.1f}", r.note,
         ])  # fmt: skip
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         lines += ["| " + " | ".join(row) + " |" for row in body]
         return "\n".join(lines)
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
-    fmt = "  ".join(f"{{:{'<' if i in (0, 1, 15) else '>'}{w}}}" for i, w in enumerate(widths))
+    fmt = "  ".join(f"{{:{'<' if i in (0, 1, 16) else '>'}{w}}}" for i, w in enumerate(widths))
     return "\n".join([fmt.format(*head), *(fmt.format(*b) for b in body)])
 
 
@@ -958,15 +981,15 @@ def table(rows: list[Row], markdown: bool = False) -> str:
 # ------------------------------------------------------------------------------------------ #
 
 
-def snapshot_netdiag(log: Any) -> tuple[str, str]:
-    """Extract ``netdiag/`` of the committed HEAD into benchmarks/out/ and return (path, rev):
-    what is measured is then a commit, not a working tree other people are editing mid-run."""
-    rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+def snapshot_netdiag(log: Any, ref: str = "HEAD") -> tuple[str, str]:
+    """Extract ``netdiag/`` of the commit ``ref`` (HEAD) into benchmarks/out/ and return (path,
+    rev): what is measured is then a commit, not a working tree other people are editing."""
+    rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", ref],
                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
     dest = OUT / f"netdiag-{rev}"
     if not (dest / "netdiag" / "__init__.py").exists():
         dest.mkdir(parents=True, exist_ok=True)
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", "HEAD", "netdiag"],
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "netdiag"],
                                  capture_output=True, check=True).stdout  # fmt: skip
         subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
     log(f"netdiag under test: commit {rev} (snapshot in {dest.relative_to(ROOT)})")
@@ -1090,6 +1113,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--deadline", type=float, default=120.0, help="per netdiag/fping process (s)")
     p.add_argument("--peer-deadline", type=float, default=60.0, help="per icmplib process (s)")
     p.add_argument("--progress", action="store_true", help="live counters even if not a tty")
+    p.add_argument("--baseline", metavar="REV",
+                   help="also run every netdiag mass/knock/many workload with commit REV"
+                        " (rows 'netdiag@REV'), right after the code under test: before/after"
+                        " in one run")
     p.add_argument("--working-tree", action="store_true",
                    help="benchmark the working tree's netdiag (default: a snapshot of HEAD)")
     return p.parse_args()
@@ -1143,6 +1170,11 @@ def main() -> int:
         path, rev = snapshot_netdiag(log)
         os.environ["NETDIAG_PATH"] = path
         env["netdiag_under_test"] = f"commit {rev}"
+    nd_tools = ["netdiag"]
+    if args.baseline:
+        args.baseline_path, base_rev = snapshot_netdiag(log, args.baseline)
+        env["netdiag_baseline"] = f"commit {base_rev}"
+        nd_tools.append(f"netdiag@{base_rev}")
     log(f"netdiag benchmark: {env['date']}, kernel {env['kernel']}, {env['cpus']} CPUs")
     started = time.monotonic()
     lab = build_lab(args.router)
@@ -1158,7 +1190,7 @@ def main() -> int:
             for n_, k_ in shapes:
                 wl = f"mass {n_}x{k_}"
                 log(f"== {wl}")
-                tools = ["netdiag"]
+                tools = list(nd_tools)
                 if not args.no_peers:
                     tools.append("fping")
                     if peers:
@@ -1190,18 +1222,22 @@ def main() -> int:
             ports = [int(p) for p in args.knock_ports.split(",")]
             wl = f"knock {knock_hosts}x{len(ports)}"
             log(f"== {wl}")
-            bench.knock(wl, knock_hosts, ports)
+            for tool in nd_tools:
+                bench.knock(wl, knock_hosts, ports, tool)
             if knock_big:
                 h_, _, p_ = knock_big.partition("x")
                 big_ports = [ports[0], *range(10001, 10001 + int(p_ or 1) - 1)]
                 wl = f"knock {int(h_)}x{len(big_ports)}"
                 log(f"== {wl}")
-                bench.knock(wl, int(h_), big_ports)
+                for tool in nd_tools:
+                    bench.knock(wl, int(h_), big_ports, tool)
         if concurrent and "many" not in args.skip:
             for what in ("ping", "knock"):
                 for c in concurrent:
                     log(f"== {what}-many {c}x{args.concurrent_count}")
-                    bench.many(what, c, args.concurrent_count, args.concurrent_interval)
+                    for tool in nd_tools:
+                        bench.many(what, c, args.concurrent_count, args.concurrent_interval,
+                                   tool=tool)  # fmt: skip
         if args.flood or args.flood_only:
             wl = f"flood {args.flood_count // 1000}k + ping 60x30ms"
             for kernel_filter in (False, True):
@@ -1221,6 +1257,17 @@ def main() -> int:
             report = profile_report(path, n_ * k_)
             results["profile"] = {"pstats": str(path.relative_to(ROOT)), "report": report,
                                   "wall_under_profiler": prow.work_wall}  # fmt: skip
+            if concurrent and "many" not in args.skip:
+                c = concurrent[-1]
+                cpath = OUT / f"netdiag-ping-many-{c}-{stamp}.pstats"
+                log(f"== profile: netdiag ping-many {c}x{args.concurrent_count} under cProfile")
+                prow = bench.many("ping", c, args.concurrent_count, args.concurrent_interval,
+                                  profile=cpath)  # fmt: skip
+                bench.rows.remove(prow)
+                creport = profile_report(cpath, c * args.concurrent_count)
+                results["profile"]["many"] = str(cpath.relative_to(ROOT))
+                report += f"\n\n=== ping-many {c}x{args.concurrent_count} ===\n" + creport
+                results["profile"]["report"] = report
             (OUT / "latest-profile.txt").write_text(report + "\n")
             if args.py_spy:
                 svg = OUT / f"netdiag-{n_}x{k_}-{stamp}.svg"
@@ -1241,8 +1288,9 @@ def main() -> int:
     text = table(bench.rows)
     md = table(bench.rows, markdown=True)
     print()
+    base = f" (baseline {env['netdiag_baseline']})" if args.baseline else ""
     print(f"{env['date']}  kernel {env['kernel']}  {env['cpus']} CPUs ({env['cpu_model']})  "
-          f"python {env['python']}  netdiag {env['netdiag_under_test']}  {env['fping']}  "
+          f"python {env['python']}  netdiag {env['netdiag_under_test']}{base}  {env['fping']}  "
           f"icmplib {env['icmplib']}")  # fmt: skip
     print(text)
     summary = summarize(bench.rows)
@@ -1301,23 +1349,24 @@ def summarize(rows: list[Row]) -> list[str]:
             out.append(f"{r.workload}: netdiag RTT error vs wire median "
                        f"{us(r.wire['err_median'])} µs, p99 |err| {us(r.wire['abs_err_p99'])} µs "
                        f"(target p99 ≤ 100), {r.wire['matched']} probes matched")  # fmt: skip
-        if r.tool == "netdiag" and r.workload.startswith("knock ") and r.wall:
-            out.append(f"{r.workload}: {r.rate:,.0f} SYNs/s (target ≥ 20,000; 1000x100: "
+        if r.tool.startswith("netdiag") and r.workload.startswith("knock ") and r.wall:
+            who = "" if r.tool == "netdiag" else f"[{r.tool}] "
+            out.append(f"{who}{r.workload}: {r.rate:,.0f} SYNs/s (target ≥ 20,000; 1000x100: "
                        f"≥ 30,000), peak open fds {r.extra.get('fds_peak')} (target ≤ 1,024)")
-    sweeps = {
-        "ping": next((r for r in rows if r.tool == "netdiag" and r.workload.startswith("mass")
-                      and r.work_cpu), None),
-        "knock": next((r for r in rows if r.tool == "netdiag"
-                       and r.workload.startswith("knock ") and r.work_cpu), None),
-    }  # fmt: skip
+    def sweep_of(tool: str, what: str) -> Row | None:
+        prefix = "mass" if what == "ping" else "knock "
+        return next((x for x in rows if x.tool == tool and x.workload.startswith(prefix)
+                     and x.work_cpu), None)  # fmt: skip
+
     for r in rows:
         what = r.workload.split("-", 1)[0]
-        if r.tool != "netdiag" or "-many " not in r.workload or not r.work_cpu:
+        if not r.tool.startswith("netdiag") or "-many " not in r.workload or not r.work_cpu:
             continue
         per = r.work_cpu / r.probes
-        line = (f"{r.workload}: {r.received:,}/{r.probes:,} replies, false loss {r.lost}, "
+        who = "" if r.tool == "netdiag" else f"[{r.tool}] "
+        line = (f"{who}{r.workload}: {r.received:,}/{r.probes:,} replies, false loss {r.lost}, "
                 f"kernel drops {r.extra.get('kernel_drops')}, {per * 1e6:.1f} µs CPU/probe")
-        ref = sweeps.get(what)
+        ref = sweep_of(r.tool, what)
         if ref is not None and ref.work_cpu:
             ref_per = ref.work_cpu / ref.probes
             line += (f" = {per / ref_per:.2f}× the sweep's {ref_per * 1e6:.1f} µs "

@@ -557,7 +557,17 @@ class ProbeSocket:
             except BlockingIOError:
                 await trio.lowlevel.wait_writable(self._sock)
 
+    async def wait_writable(self) -> None:
+        await trio.lowlevel.wait_writable(self._sock)
+
     # -- receiving -------------------------------------------------------------------------
+
+    def receive_queue(self) -> tuple[int, int]:
+        """``(bytes waiting to be read, receive buffer size)`` (``SO_MEMINFO``): how far the
+        receive side is behind, for a sender that slows down before the kernel drops."""
+        raw = self._sock.getsockopt(socket.SOL_SOCKET, _SO_MEMINFO, 8)
+        queued, size = struct.unpack_from("=II", raw)
+        return queued, size
 
     async def wait_readable(self) -> None:
         await trio.lowlevel.wait_readable(self._sock)
@@ -643,6 +653,10 @@ class ProbeSocket:
 
     def fileno(self) -> int:
         return self._sock.fileno()
+
+
+#: getsockopt(SOL_SOCKET, SO_MEMINFO): u32 words, the first two rmem_alloc and rcvbuf.
+_SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)
 
 
 def _make_packet(

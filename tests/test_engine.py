@@ -115,7 +115,7 @@ async def test_expiry_is_one_mechanism_in_deadline_order() -> None:
         # Expired leases stay registered until released, so late replies are recognised.
         assert set(engine.table) == {"late", "early", "answered"}
         # Only the engine's own tasks run: one expiry task, no timer per probe.
-        assert len(engine.nursery.child_tasks) == 1
+        assert len(engine.nursery.child_tasks) == 2  # expiry + scheduler
 
 
 async def test_late_reply_goes_to_its_own_probe_marked_late() -> None:
@@ -187,7 +187,7 @@ async def test_remove_socket_stops_its_loop_and_closes_it_alone() -> None:
         engine.add_socket(keep, classify)
         engine.add_socket(gone, classify)
         await trio.sleep(0.05)  # both loops are waiting on their sockets
-        assert len(engine.nursery.child_tasks) == 3  # expiry + two receive loops
+        assert len(engine.nursery.child_tasks) == 4  # expiry, scheduler, two receive loops
         engine.remove_socket(gone)
         # Removed before its loop ever ran: the loop must not touch the closed descriptor.
         engine.add_socket(early, classify)
@@ -195,7 +195,7 @@ async def test_remove_socket_stops_its_loop_and_closes_it_alone() -> None:
         engine.remove_socket(gone)  # idempotent
         await trio.sleep(0.05)
         assert gone.closed and early.closed
-        assert len(engine.nursery.child_tasks) == 2  # expiry + the kept loop
+        assert len(engine.nursery.child_tasks) == 3  # expiry, scheduler, the kept loop
         assert engine.stats.socket_errors == 0
         engine.register("a", sink, expiry=10)
         tx_keep.send(b"a:still")

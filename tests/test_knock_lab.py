@@ -305,6 +305,7 @@ async def test_lab_concurrent_knocks_do_not_mix(lab: Lab) -> None:
         assert_no_connection(srv4)
         assert_no_connection(srv6)
     sports: list[tuple[int, int]] = []
+    tuples: set[tuple[int, int, object, int]] = set()
     for name, (knock, expected) in knocks.items():
         results = got[name]
         assert sorted(r.seq for r in results) == list(range(1, 11)), name
@@ -314,8 +315,13 @@ async def test_lab_concurrent_knocks_do_not_mix(lab: Lab) -> None:
             assert r.responder == r.addr
             assert not r.duplicate and not r.late
             sports.append((r.addr.version, r.sport))
-    # All 60 probes were in flight together, so no source port may repeat within a family.
-    assert len(sports) == len(set(sports)) == 60
+            tuples.add((r.addr.version, r.sport, r.addr, r.port))
+    # All 60 probes were in flight together, so no 4-tuple may repeat (each knock's 10 probes
+    # to its destination held 10 different ports) ...
+    assert len(tuples) == 60
+    # ... but probes to different destinations share reserved ports (issue 12): each family
+    # needs about as many ports as one destination has probes in flight, not 30.
+    assert len(set(sports)) <= 2 * 2 * 10 < 60
 
 
 @pytest.mark.lab

@@ -90,11 +90,14 @@ async def test_cancellation_leaves_the_table_empty() -> None:
                 nursery.start_soon(pinger.collect, ping)
             await trio.sleep(0.3)
             assert len(pinger.engine.table) >= 50  # probes really are in flight
+            # 50 calls running, and no task of theirs in the Pinger: one scheduler sends
+            # for all (expiry + scheduler + one receive loop per socket).
+            assert len(pinger.engine.nursery.child_tasks) == 4
             nursery.cancel_scope.cancel()
         assert pinger.engine.table == {}
         await trio.testing.wait_all_tasks_blocked()
-        # Only the engine's own tasks remain: expiry + one receive loop per socket.
-        assert len(pinger.engine.nursery.child_tasks) == 3
+        # Only the engine's own tasks remain: expiry + scheduler + one receive loop per socket.
+        assert len(pinger.engine.nursery.child_tasks) == 4
 
 
 @privileged

@@ -31,6 +31,7 @@ import trio
 
 from ..sock import ProbeSocket
 from .receive import Classifier, EngineStats, Receiver, log
+from .schedule import Scheduler
 from .table import DemuxTable, Lease, Sink
 
 __all__ = ["Engine"]
@@ -52,6 +53,8 @@ class Engine:
         #: the cancel scope of each socket's receive loop, so one socket can be removed alone
         self._loops: dict[ProbeSocket, trio.CancelScope] = {}
         self._receivers: dict[ProbeSocket, Receiver] = {}
+        #: the one sender task every scheduled call hands its probes to (see .schedule)
+        self.scheduler = Scheduler(self)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -64,6 +67,7 @@ class Engine:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._expiry_loop)
+                nursery.start_soon(self.scheduler.run)
                 try:
                     yield self
                 except BaseException as e:  # the block's own exception: re-raised below
@@ -78,6 +82,7 @@ class Engine:
             self._loops.clear()
             self._receivers.clear()
             self._table.clear()
+            self.scheduler.close()
         if body_error is not None:
             raise body_error
 
@@ -110,6 +115,10 @@ class Engine:
             self._receivers[sock] = receiver
             self.nursery.start_soon(self._scoped_receive_loop, receiver, scope)
 
+    def receiving(self) -> list[ProbeSocket]:
+        """The sockets a receive loop reads (for the scheduler's backlog check)."""
+        return [s for s in self._loops if not s.closed]
+
     def remove_socket(self, sock: ProbeSocket) -> None:
         """Stop ``sock``'s receive loop and close it: for sockets that live shorter than the
         engine (the unprivileged Tracer's per-flow UDP sockets). Idempotent; safe after the
@@ -132,6 +141,10 @@ class Engine:
         checkpoint) to skip reading the clock once per probe."""
         deadline = (trio.current_time() if now is None else now) + expiry
         return self._table.register(key, sink, deadline, probe)
+
+    def adopt(self, lease: Lease, key: Hashable, sink: Sink, expiry: float, now: float) -> None:
+        """:meth:`register` for a probe that is its own lease (see :meth:`DemuxTable.adopt`)."""
+        self._table.adopt(lease, key, sink, now + expiry)
 
     def in_use(self, key: Hashable) -> bool:
         return key in self.table

@@ -24,6 +24,7 @@ result type -- and this module does the rest, once:
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import deque
 from collections.abc import Hashable, Iterator
 from typing import Any, Generic, TypeVar
@@ -34,8 +35,9 @@ from ..wire.cmsg import Cmsg
 from ..wire.packet import Packet
 from .core import Engine
 from .pacing import Pacer
+from .schedule import Scheduled
 from .session import Session
-from .table import Lease
+from .table import RELEASED, Lease
 from .verdict import Verdict, verdict
 
 __all__ = ["Probe", "ProbeSession"]
@@ -44,13 +46,19 @@ P = TypeVar("P", bound="Probe")
 R = TypeVar("R")
 
 
-class Probe:
+class Probe(Lease):
     """Per-probe state the template needs; diagnostics subclass it with their own fields
-    (``__slots__`` throughout: a sweep holds one per target)."""
+    (``__slots__`` throughout: a sweep holds one per target).
+
+    A probe sent through :meth:`ProbeSession.send_now` is its own demux-table lease (``lease.
+    probe is lease``): one object per probe in flight instead of two. :meth:`ProbeSession.
+    launch` (a sender task of its own) registers a separate lease, as before."""
 
     __slots__ = ("answered", "due", "sent_ns", "tx_kernel")
 
     def __init__(self) -> None:
+        self.probe = self
+        self.state = RELEASED  # until the table adopts it
         #: a first answer arrived (later ones are duplicates)
         self.answered = False
         #: the original deadline (trio clock); ``lease.deadline`` becomes inf once answered
@@ -69,15 +77,18 @@ class Probe:
         return max(packet.stamp_ns - self.sent_ns, 0) / 1e9
 
 
-class ProbeSession(Session, Generic[P, R]):
+class ProbeSession(Session, Scheduled, Generic[P, R]):
     """One diagnostic call built on the template; see the module docstring.
 
-    Subclasses implement :meth:`answer`, :meth:`timeout` and :meth:`refused` (and usually
-    ``_send_all``, which calls :meth:`launch` per probe).
+    Subclasses implement :meth:`answer`, :meth:`timeout` and :meth:`refused`, and either
+    :meth:`~.schedule.Scheduled.step` (the engine's scheduler sends: ping, knock), which calls
+    :meth:`send_now` per probe, or ``_send_all`` (a sender task of its own), which calls
+    :meth:`launch`.
     """
 
     def __init__(self, engine: Engine, expiry: float) -> None:
         super().__init__()
+        self.due = -math.inf  # a new call wants to send at once
         self.engine = engine
         self.expiry = expiry
         #: probes that left (a refused send is not counted)
@@ -166,6 +177,55 @@ class ProbeSession(Session, Generic[P, R]):
         self.sent += 1
         return True
 
+    def send_now(
+        self,
+        key: Hashable,
+        probe: P,
+        sock: ProbeSocket,
+        data: bytes,
+        dst: str,
+        anc: list[Cmsg],
+        now: float,
+        port: int = 0,
+    ) -> bool:
+        """:meth:`launch` for the scheduler: never waits. A full send buffer undoes the
+        registration and raises ``BlockingIOError`` (the caller gives the probe back and the
+        scheduler waits until the socket is writable); anything else is as :meth:`launch`."""
+        try:
+            self.engine.adopt(probe, key, self, self.expiry, now)
+        except KeyInUseError:
+            self.push(self.refused(probe, "probe key still in flight"))
+            return False
+        probe.due = probe.deadline
+        leases = self.leases
+        leases.append(probe)
+        self.outstanding += 1
+        try:
+            probe.sent_ns = sock.send_nowait(data, dst, anc, port, probe)
+        except OSError as e:
+            if leases and leases[-1] is probe:
+                leases.pop()
+            self.forget(probe)
+            self.outstanding -= 1
+            if isinstance(e, BlockingIOError):
+                raise
+            self.push(self.refused(probe, e.strerror or str(e)))
+            return False
+        self.sent += 1
+        return True
+
+    def finish_sending(self) -> None:
+        """Every probe was handed out: no more sends; the call ends once all are resolved.
+        The caller is woken only if that is now (the answers still due wake it otherwise)."""
+        self.done_sending = True
+        self.due = math.inf
+        if self.outstanding == 0 or self.failure is not None:
+            self.wake()
+
+    def fail(self, error: Exception) -> None:
+        self.failure = error
+        self.finish_sending()
+
     def on_event(self, lease: Lease, event: Any, packet: Packet) -> None:
         probe: P = lease.probe
         result = self.answer(probe, event, packet)
@@ -205,6 +265,8 @@ class ProbeSession(Session, Generic[P, R]):
                 yield self.timeout(lease.probe)
 
     def close(self) -> None:
+        if not self.closed:
+            self.engine.scheduler.discard(self)
         if self._unresolved_at_close is None:
             self._unresolved_at_close = list(self.unresolved())
         super().close()

@@ -1,9 +1,11 @@
-"""One diagnostic call (a ping, a sweep, a knock, a trace): its sender task and result queue.
+"""One diagnostic call (a ping, a sweep, a knock, a trace): its sender and result queue.
 
 A :class:`Session` is what a caller's ``async for`` drains (through
-:class:`~netdiag.engine.stream.ResultStream`): the diagnostic's sender task runs in the object's
-nursery and pushes results; the caller waits for them. It knows nothing about probes -- the
-per-probe template is :class:`~netdiag.engine.probe.ProbeSession`.
+:class:`~netdiag.engine.stream.ResultStream`): whoever sends -- the engine's scheduler for ping
+and knock (:mod:`.schedule`), the session's own task in the object's nursery for a trace
+(:meth:`Session.run_sender`) -- pushes results; the caller waits for them. Waiting parks the
+caller's task directly (no event object per wait), and a push reschedules it. It knows nothing
+about probes -- the per-probe template is :class:`~netdiag.engine.probe.ProbeSession`.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ class Session:
         self.done_sending = False
         self.closed = False
         self.failure: BaseException | None = None
-        self._wake: trio.Event | None = None
+        self._waiter: Any = None  # the task parked in wait(), if any
         self._scope: trio.CancelScope | None = None
 
     # -- for subclasses --------------------------------------------------------------------
@@ -62,14 +64,23 @@ class Session:
 
     def wake(self) -> None:
         """Wake the caller waiting in :meth:`wait` (pushing a result does this too)."""
-        if self._wake is not None:
-            self._wake.set()
+        task = self._waiter
+        if task is not None:
+            self._waiter = None
+            trio.lowlevel.reschedule(task)
 
     async def wait(self) -> None:
-        self._wake = trio.Event()
+        """Until a result is queued, the call settled or failed."""
         if self.events or self.settled or self.failure:
+            await trio.lowlevel.checkpoint()
             return
-        await self._wake.wait()
+        self._waiter = trio.lowlevel.current_task()
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            self._waiter = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
 
     async def run_sender(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         with trio.CancelScope() as scope:

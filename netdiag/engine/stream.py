@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
 from .core import Engine
+from .schedule import Scheduled
 from .session import Session
 
 __all__ = ["ResultStream", "in_order", "stream"]
@@ -48,7 +49,11 @@ class ResultStream(Generic[R]):
             if self._start is not None:
                 start, self._start = self._start, None
                 self.session = await start()
-                await self._engine.nursery.start(self.session.run_sender)
+                if isinstance(self.session, Scheduled):  # ping, knock: the engine's sender
+                    self._engine.nursery  # noqa: B018 -- raises if the object is not entered
+                    self._engine.scheduler.add(self.session)
+                else:  # its own sender task (a trace)
+                    await self._engine.nursery.start(self.session.run_sender)
             s = self.session
             assert s is not None
             while True:

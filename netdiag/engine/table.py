@@ -115,16 +115,31 @@ class DemuxTable:
     ) -> Lease:
         """Claim ``key`` until ``deadline``. Raises :class:`KeyInUseError` if another live probe
         holds it: two probes that look the same on the wire must never be in flight at once."""
-        leases = self.leases
-        if key in leases:
+        if key in self.leases:
             raise KeyInUseError(key)
         lease = Lease(self, key, sink, deadline, probe)
-        leases[key] = lease
+        self._insert(lease)
+        return lease
+
+    def adopt(self, lease: Lease, key: Hashable, sink: Sink, deadline: float) -> None:
+        """:meth:`register` for a lease built by the caller -- a probe that *is* its own lease
+        (:class:`~netdiag.engine.probe.Probe`), so a probe in flight is one object, not two."""
+        if key in self.leases:
+            raise KeyInUseError(key)
+        lease._table = self
+        lease.key = key
+        lease.sink = sink
+        lease.deadline = deadline
+        lease.state = ACTIVE
+        self._insert(lease)
+
+    def _insert(self, lease: Lease) -> None:
+        self.leases[lease.key] = lease
+        deadline = lease.deadline
         heap = self.heap
         if self._on_earlier is not None and (not heap or deadline < heap[0][0]):
             self._on_earlier(deadline)
         heapq.heappush(heap, (deadline, next(self._counter), lease))
-        return lease
 
     @property
     def next_deadline(self) -> float:

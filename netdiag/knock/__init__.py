@@ -13,11 +13,15 @@ for it. When the SYN-ACK arrives the kernel finds no socket in SYN-SENT, ESTABLI
 state for that port and answers with a RST, which makes the server drop the embryonic
 connection: the application behind the port never sees an ``accept()``.
 
-Why each probe binds a TCP socket: the source port must not collide with the kernel's own
+Why probes hold a bound TCP socket: the source port must not collide with the kernel's own
 connections (their replies would be taken for ours, and ours would reset theirs) nor with other
 knocks. A normal TCP socket bound to port 0 gets a port the kernel guarantees nobody else holds,
 and holds it until closed; being bound but not listening or connected, it does not stop the
-kernel from resetting the SYN-ACK. See docs/knock.md.
+kernel from resetting the SYN-ACK. One reserved port serves any number of probes to
+*different* destinations at once -- their 4-tuples (and so their demux keys) still differ --
+so the Knocker keeps a small pool of them per family (:class:`_PortPool`): descriptors grow
+with the number of probes in flight to *one* ``(address, port)``, not with all probes in
+flight. See docs/knock.md.
 
 Read top to bottom like :mod:`netdiag.ping`: per-call state (:class:`_Session`) registers each
 probe's key ``(local address, source port, target, port)`` with the engine *before* sending,
@@ -27,7 +31,9 @@ sends the bytes built by :mod:`netdiag.wire.tcp`, and turns what the engine hand
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import math
 import os
 import random
 import socket
@@ -41,12 +47,12 @@ from ..engine import (
     Classifier,
     Diagnostic,
     Lease,
-    Pacer,
     Probe,
     ProbeSession,
     ResultStream,
     in_order,
 )
+from ..engine.schedule import SLACK
 from ..resolve import resolve
 from ..results import ErrorReply, jsonable
 from ..sock import (
@@ -244,7 +250,7 @@ class _Family:
 class _Target:
     """One (address, port) of a session, with what sending to it needs."""
 
-    __slots__ = ("addr", "anc", "dst", "error", "fam", "local", "packed", "port")
+    __slots__ = ("addr", "anc", "cursor", "dst", "error", "fam", "local", "packed", "port")
 
     def __init__(self, addr: IPAddress, port: int, fam: _Family) -> None:
         self.addr = addr
@@ -255,27 +261,85 @@ class _Target:
         self.local = b""
         self.anc: list[tuple[int, int, bytes]] = []
         self.error: str | None = None
+        #: where this target's next probe starts looking for a free shared port
+        self.cursor = 0
+
+
+class _PortSlot:
+    """One reserved source port and how many live probes use it."""
+
+    __slots__ = ("port", "sock", "users", "v6")
+
+    def __init__(self, sock: socket.socket, v6: bool) -> None:
+        self.sock = sock
+        self.port: int = sock.getsockname()[1]
+        self.v6 = v6
+        self.users = 0
+
+
+class _PortPool:
+    """The reserved source ports of one family, shared by probes to different destinations.
+
+    A probe takes the first port (scanning from its target's cursor) whose key
+    ``(local, port, target, target port)`` is not live in the demux table; only when the
+    :data:`_SCAN` ports it looked at are all busy *for that destination* is a new port
+    reserved. Probes to different destinations thus share one port, and the pool grows only
+    with the probes in flight to a single ``(address, port)``. A port is released (its socket
+    closed) when its last probe is forgotten.
+    """
+
+    def __init__(self, v6: bool) -> None:
+        self.v6 = v6
+        self.slots: list[_PortSlot] = []
+
+    def pick(self, table: dict, local: bytes, dst: bytes, dport: int, start: int) -> int:
+        """The index of a slot free for this destination, reserving a new port if needed
+        (``OSError`` when the kernel has none left)."""
+        slots = self.slots
+        n = len(slots)
+        for k in range(min(n, _SCAN)):
+            j = (start + k) % n
+            if (local, slots[j].port, dst, dport) not in table:
+                return j
+        slots.append(_PortSlot(reserve_tcp_port(self.v6), self.v6))
+        return n
+
+    def release(self, slot: _PortSlot) -> None:
+        slot.users -= 1
+        if slot.users <= 0:
+            slot.sock.close()
+            with contextlib.suppress(ValueError):
+                self.slots.remove(slot)
+
+    def close(self) -> None:
+        for slot in self.slots:
+            slot.sock.close()
+        self.slots.clear()
+
+
+#: Ports a probe looks at before it reserves a new one (all busy for its destination).
+_SCAN = 8
 
 
 class _Probe(Probe):
-    __slots__ = ("isn", "port_sock", "seq", "sport", "target")
+    __slots__ = ("isn", "seq", "slot", "sport", "target")
 
     def __init__(
         self, target: _Target, seq: int, isn: int = 0, sport: int = 0,
-        port_sock: socket.socket | None = None,
+        slot: _PortSlot | None = None,
     ) -> None:  # fmt: skip
         super().__init__()
         self.target = target
         self.seq = seq
         self.isn = isn
         self.sport = sport
-        self.port_sock = port_sock
+        self.slot = slot
 
 
 class _Session(ProbeSession[_Probe, KnockResult]):
-    """The state of one :meth:`Knocker.results` or :meth:`Knocker.sweep` call: one sender
-    task for any number of (address, port) targets; each SYN goes through the engine's probe
-    template."""
+    """The state of one :meth:`Knocker.results` or :meth:`Knocker.sweep` call: any number of
+    (address, port) targets, sent by the engine's scheduler through :meth:`step` (rounds as
+    in :mod:`netdiag.ping`); each SYN goes through the engine's probe template."""
 
     def __init__(self, knocker: Knocker, knock: Knock, rate: float | None = None) -> None:
         super().__init__(knocker.engine, knock.expiry)
@@ -283,6 +347,12 @@ class _Session(ProbeSession[_Probe, KnockResult]):
         self.knock = knock
         self.rate = rate
         self.targets: list[_Target] = []
+        self._gap = 1.0 / rate if rate else 0.0
+        self._round = 0
+        self._idx = 0
+        self._anchor: float | None = None
+        self._next = -math.inf
+        self._options: dict[bool, bytes] = {}
 
     def add_target(self, addr: IPAddress, port: int) -> None:
         knocker = self.knocker
@@ -337,53 +407,101 @@ class _Session(ProbeSession[_Probe, KnockResult]):
     def forget(self, lease: Lease) -> None:
         lease.release()
         probe: _Probe = lease.probe
-        if probe.port_sock is not None:
-            probe.port_sock.close()
-            probe.port_sock = None
+        slot = probe.slot
+        if slot is not None:
+            probe.slot = None
+            self.knocker._pools[slot.v6].release(slot)
 
-    async def _send_all(self) -> None:
+    def _round_options(self) -> None:
+        """SYN options for this round: the timestamp moves on once per round."""
+        self._options = self.knocker._syn_options()
+
+    def step(self, now: float, budget: int) -> int:
+        """Send up to ``budget`` SYNs due at ``now`` (called by the scheduler)."""
         k = self.knock
         knocker = self.knocker
+        if self._anchor is None:
+            self._anchor = now
+            self.forget_old(now, k.expiry)
+            self._round_options()
+        targets = self.targets
+        n = len(targets)
+        i = self._idx
+        rnd = self._round
+        table = self.engine.table
+        pools = knocker._pools
+        options = self._options
         getrandbits = random.getrandbits
-        ts_base = knocker._ts_offset
-        pacer = Pacer(k.interval, self.rate)
-        for i in range(k.count):
-            await pacer.round(i)
-            seq = i + 1  # 1-based, as ping's icmp_seq (issue 15)
-            # Forget probes resolved long enough ago (one extra expiry past their deadline,
-            # so late answers are still recognised as late): memory and reserved ports stay
-            # bounded on a knock that runs for days.
-            self.forget_old(pacer.now, k.expiry)
-            tsval = (ts_base + time.monotonic_ns() // 1_000_000) & 0xFFFFFFFF
-            for t in self.targets:
-                if t.error is not None:
-                    self.push(self.refused(_Probe(t, seq), t.error))
-                    continue
-                await pacer.probe()
+        gap = self._gap
+        done = 0
+        while done < budget:
+            t = targets[i]
+            if t.error is not None:
+                self.push(self.refused(_Probe(t, rnd + 1), t.error))
+            else:
+                if gap:
+                    if self._next > now + SLACK:
+                        self._idx = i
+                        self.due = self._next
+                        return done
+                    self._next = max(self._next, now - SLACK) + gap
                 v6 = t.fam.v6
+                pool = pools[v6]
                 try:
-                    port_sock = reserve_tcp_port(v6)
-                    sport = port_sock.getsockname()[1]
-                    if not knocker._filter_lo <= sport <= knocker._filter_hi:  # issue 12
-                        knocker._kernel_filter(sport)
+                    j = pool.pick(table, t.local, t.packed, t.port, t.cursor)
                 except OSError as e:
                     text = f"no free source port: {e.strerror or e}"
-                    self.push(self.refused(_Probe(t, seq), text))
-                    continue
-                isn = getrandbits(32)
-                data = build_syn(
-                    t.local, t.packed, sport, t.port, isn,
-                    options=syn_options(v6, tsval), checksum_field=not v6,
-                )  # fmt: skip
-                probe = _Probe(t, seq, isn, sport, port_sock)
-                key = (t.local, sport, t.packed, t.port)
-                if await self.launch(
-                    key, probe, t.fam.tcp, data, t.dst, t.anc, now=pacer.now, pacer=pacer
-                ):
-                    knocker.sent += 1
-                elif probe.port_sock is not None:  # refused before it was registered
-                    probe.port_sock.close()
-                    probe.port_sock = None
+                    self.push(self.refused(_Probe(t, rnd + 1), text))
+                else:
+                    t.cursor = j + 1
+                    slot = pool.slots[j]
+                    slot.users += 1
+                    sport = slot.port
+                    if not knocker._filter_lo <= sport <= knocker._filter_hi:  # issue 12
+                        knocker._kernel_filter(sport)
+                    isn = getrandbits(32)
+                    data = build_syn(
+                        t.local, t.packed, sport, t.port, isn,
+                        options=options[v6], checksum_field=not v6,
+                    )  # fmt: skip
+                    probe = _Probe(t, rnd + 1, isn, sport, slot)  # 1-based, as ping's icmp_seq
+                    key = (t.local, sport, t.packed, t.port)
+                    try:
+                        ok = self.send_now(key, probe, t.fam.tcp, data, t.dst, t.anc, now)
+                    except BlockingIOError:
+                        self.blocked = t.fam.tcp
+                        self._idx = i
+                        self.due = now
+                        return done
+                    if ok:
+                        knocker.sent += 1
+                    elif probe.slot is not None:  # refused before it was registered
+                        probe.slot = None
+                        pool.release(slot)
+            done += 1
+            i += 1
+            if i == n:
+                i = 0
+                rnd = self._round = rnd + 1
+                if rnd >= k.count:
+                    self._idx = 0
+                    self.finish_sending()
+                    return done
+                due = self._anchor + rnd * k.interval
+                # Forget probes resolved long enough ago (one extra expiry past their
+                # deadline, so late answers are still recognised as late): memory and
+                # reserved ports stay bounded on a knock that runs for days.
+                self.forget_old(max(now, due), k.expiry)
+                self._round_options()
+                options = self._options
+                if due > now + SLACK:
+                    self._idx = 0
+                    self._next = max(self._next, due)
+                    self.due = due
+                    return done
+        self._idx = i
+        self.due = now
+        return done
 
 
 class Knocker(Diagnostic):
@@ -400,6 +518,10 @@ class Knocker(Diagnostic):
         super().__init__(bind, rcvbuf)
         self._ts_offset = random.getrandbits(32)
         self._netns: tuple[int, int] | None = None
+        #: reserved source ports per family, shared by probes to different destinations
+        self._pools = {False: _PortPool(False), True: _PortPool(True)}
+        self._opts_ts = -1
+        self._opts: dict[bool, bytes] = {}
         #: Answers on a probe's ports that did not acknowledge its SYN (stale or foreign).
         self.foreign = 0
         #: SYNs sent by this Knocker so far.
@@ -411,6 +533,7 @@ class Knocker(Diagnostic):
 
     def _close_family(self, fam: _Family) -> None:
         fam.route.close()
+        self._pools[fam.v6].close()
 
     def _open(self) -> None:
         def open_family(v6: bool) -> _Family:
@@ -469,6 +592,15 @@ class Knocker(Diagnostic):
             ):
                 self._engine.stats.filter_updates += 1
 
+    def _syn_options(self) -> dict[bool, bytes]:
+        """SYN options per family with the current timestamp (TSval ticks each millisecond;
+        thousands of calls starting a round in the same millisecond share one build)."""
+        ts = (self._ts_offset + time.monotonic_ns() // 1_000_000) & 0xFFFFFFFF
+        if ts != self._opts_ts:
+            self._opts = {v6: syn_options(v6, ts) for v6 in (False, True)}
+            self._opts_ts = ts
+        return self._opts
+
     def _source(self, target: IPAddress) -> IPAddress:
         """Our address towards ``target``: the bound one, or what the kernel's route picks."""
         bound = self.bind.for_family(target.version == 6)
@@ -482,8 +614,8 @@ class Knocker(Diagnostic):
         out: set[tuple[int, int]] = set()
         for lease in self._engine.table.values():
             probe = lease.probe
-            if isinstance(probe, _Probe) and probe.port_sock is not None:
-                out.add((6 if probe.port_sock.family == socket.AF_INET6 else 4, probe.sport))
+            if isinstance(probe, _Probe) and probe.slot is not None:
+                out.add((6 if probe.slot.v6 else 4, probe.sport))
         return out
 
     def results(self, knock: Knock) -> ResultStream[KnockResult]:
@@ -542,11 +674,12 @@ class Knocker(Diagnostic):
                 "the Knocker was opened in another network namespace: knock from that one"
             )
 
-    async def knock(self, knock: Knock) -> AsyncIterator[float | None]:
+    def knock(self, knock: Knock) -> AsyncIterator[float | None]:
         """Yield, in probe order, each SYN's RTT in seconds if the port answered open
-        (SYN-ACK), else ``None`` (closed, filtered or refused; :meth:`results` tells which)."""
-        async for rtt in in_order(self.results(knock), 1, _open_rtt):
-            yield rtt
+        (SYN-ACK), else ``None`` (closed, filtered or refused; :meth:`results` tells which).
+        A wrong argument raises ``TypeError`` here, before iterating."""
+        # The in-order iterator itself, not a generator around it: one layer less per result.
+        return in_order(self.results(knock), 1, _open_rtt)
 
     async def collect(self, knock: Knock) -> list[KnockResult]:
         """Run a whole knock and return every result; see :meth:`KnockStats.of`."""

@@ -11,6 +11,7 @@ same identifier and sequence (iputils picks identifiers too) are never taken for
 from __future__ import annotations
 
 import ipaddress
+import math
 import random
 import socket
 from collections.abc import AsyncIterator, Iterable
@@ -21,12 +22,14 @@ from .._deprecated import deprecated_alias
 from ..engine import (
     Classifier,
     Diagnostic,
-    Pacer,
+    Lease,
     Probe,
     ProbeSession,
     ResultStream,
     in_order,
 )
+from ..engine.schedule import SLACK
+from ..engine.table import ACTIVE, RELEASED
 from ..errors import PrivilegeError
 from ..privilege import ping_group_advice
 from ..resolve import literal, resolve
@@ -202,14 +205,13 @@ class _Target:
     __slots__ = ("addr", "anc", "dst", "fam", "ident", "packed", "sock")
 
     def __init__(
-        self, addr: IPAddress, fam: _Family, sock: ProbeSocket, anc: list, ident: int
-    ) -> None:
+        self, addr: IPAddress, packed: bytes, fam: _Family, sock: ProbeSocket, anc: list,
+        ident: int,
+    ) -> None:  # fmt: skip
         self.addr = addr
-        self.packed = addr.packed
+        self.packed = packed
         # inet_ntop: str() of an ipaddress object costs a few microseconds per target.
-        self.dst = socket.inet_ntop(
-            socket.AF_INET6 if addr.version == 6 else socket.AF_INET, addr.packed
-        )
+        self.dst = socket.inet_ntop(socket.AF_INET6 if fam.v6 else socket.AF_INET, packed)
         self.fam = fam
         self.sock = sock
         self.anc = anc
@@ -220,18 +222,27 @@ class _Probe(Probe):
     __slots__ = ("seq", "target", "token")
 
     def __init__(self, target: _Target, seq: int, token: bytes) -> None:
-        super().__init__()
+        # Probe.__init__ inlined: one of these per request, on the hot path.
+        self.probe = self
+        self.state = RELEASED
+        self.answered = False
+        self.due = 0.0
+        self.sent_ns = 0
+        self.tx_kernel = False
         self.target = target
         self.seq = seq
         self.token = token
 
 
 class _Session(ProbeSession[_Probe, PingResult]):
-    """The state of one :meth:`Pinger.results` or :meth:`Pinger.sweep` call: one sender task,
-    any number of targets; each request goes through the engine's probe template.
+    """The state of one :meth:`Pinger.results` or :meth:`Pinger.sweep` call: any number of
+    targets, sent by the engine's scheduler (:mod:`netdiag.engine.schedule`) through
+    :meth:`step`; each request goes through the engine's probe template.
 
-    Round ``i`` of requests starts at ``start + i * interval``; within a round, requests to the
-    targets leave back to back, or paced at ``rate`` per second when given.
+    Round ``i`` of requests starts ``i * interval`` after the call's first request actually
+    left; within a round, requests to the targets leave back to back (in bursts the scheduler
+    sizes), or paced at ``rate`` per second when given. A call costs no task of its own, and
+    its setup (payload template, ancillary data) comes from the Pinger's caches.
     """
 
     def __init__(self, pinger: Pinger, ping: Ping, rate: float | None = None) -> None:
@@ -240,26 +251,37 @@ class _Session(ProbeSession[_Probe, PingResult]):
         self.ping = ping
         self.rate = rate
         self.targets: list[_Target] = []
-        self._anc: dict[ProbeSocket, list] = {}
         # One identifier for the whole session where it is free for each target (the demux
         # key holds the target anyway); a target another running ping uses it for gets its own.
         self._ident: int | None = None
+        self._where: dict[bool, tuple[_Family, ProbeSocket, list]] = {}
+        self._builders, self._fill, self._tlen = pinger._template(ping.size)
+        self._gap = 1.0 / rate if rate else 0.0
+        self._grace = _GRACE_EXPIRIES * ping.expiry
+        # where the sender is: round, next target, when round 0 began, next paced send
+        self._round = 0
+        self._idx = 0
+        self._anchor: float | None = None
+        self._next = -math.inf
 
     def add_target(self, addr: IPAddress) -> None:
-        pinger, ping = self.pinger, self.ping
-        fam = pinger._family(addr.version == 6)
-        sock = fam.sock if ping.df is None else pinger._df_socket(fam, ping.df)
-        anc = self._anc.get(sock)
-        if anc is None:
-            anc = sock.ancillary(ttl=ping.ttl, tos=ping.tos, dontfrag=ping.df if fam.v6 else None)
-            self._anc[sock] = anc
+        pinger = self.pinger
+        v6 = addr.version == 6
+        where = self._where.get(v6)
+        if where is None:  # once per family and call, not per target
+            ping = self.ping
+            fam = pinger._family(v6)
+            sock = fam.sock if ping.df is None else pinger._df_socket(fam, ping.df)
+            where = self._where[v6] = (fam, sock, pinger._ancillary(sock, ping, v6))
+        fam, sock, anc = where
+        packed = addr.packed
         if fam.dgram:
             ident = fam.idents[sock]
-        elif self._ident is not None and pinger._claim_ident(addr.packed, self._ident):
+        elif self._ident is not None and pinger._claim_ident(packed, self._ident):
             ident = self._ident
         else:
-            ident = self._ident = pinger._allocate_ident(addr.packed)
-        self.targets.append(_Target(addr, fam, sock, anc, ident))
+            ident = self._ident = pinger._allocate_ident(packed)
+        self.targets.append(_Target(addr, packed, fam, sock, anc, ident))
 
     # -- what the template asks of a diagnostic ----------------------------------------------
 
@@ -282,6 +304,34 @@ class _Session(ProbeSession[_Probe, PingResult]):
             error=ErrorReply.of(event), tx_kernel=probe.tx_kernel,
         )  # fmt: skip
 
+    def on_event(self, lease: Lease, event: Any, packet: Packet) -> None:
+        # The common case inline: the first reply, in time, carrying the whole token. Same
+        # outcome as the template's path (which handles everything else).
+        if (
+            type(event) is Echo
+            and lease.state == ACTIVE
+            and not self.closed
+            and not lease.answered  # type: ignore[attr-defined]
+            and event.payload[:8] == lease.token  # type: ignore[attr-defined]
+            and len(lease.token) == 8  # type: ignore[attr-defined]
+        ):
+            probe: _Probe = lease  # type: ignore[assignment]
+            addr = probe.target.addr
+            sent = probe.sent_ns
+            rtt = max(packet.stamp_ns - sent, 0) / 1e9 if sent else None
+            size = 8 + len(event.payload)
+            probe.answered = True
+            lease.finish()
+            self.outstanding -= 1
+            self.push(
+                PingResult(
+                    probe.seq, addr, "reply", rtt, addr, packet.ttl, size,
+                    tx_kernel=probe.tx_kernel,
+                )
+            )  # fmt: skip
+            return
+        super().on_event(lease, event, packet)
+
     def timeout(self, probe: _Probe) -> PingResult:
         return PingResult(probe.seq, probe.target.addr, "timeout")
 
@@ -289,45 +339,78 @@ class _Session(ProbeSession[_Probe, PingResult]):
         error = ErrorReply.local_failure(text)
         return PingResult(probe.seq, probe.target.addr, "error", error=error)
 
-    async def _send_all(self) -> None:
+    def step(self, now: float, budget: int) -> int:
+        """Send up to ``budget`` requests due at ``now`` (called by the scheduler)."""
+        if self._anchor is None:
+            self._anchor = now
         ping = self.ping
+        targets = self.targets
+        n = len(targets)
+        i = self._idx
+        seq = self._round + 1
+        wire_seq = seq & 0xFFFF
         table = self.engine.table
-        fill = echo_payload(b"\x00" * TOKEN_LEN, ping.size)
-        tlen = min(TOKEN_LEN, ping.size)
-        fast = {v6: EchoBuilder(ping.size, v6) for v6 in (False, True)} if tlen == 8 else None
-        grace = _GRACE_EXPIRIES * ping.expiry
+        builders = self._builders
+        tlen = self._tlen
         getrandbits = random.getrandbits
-        launch = self.launch
-        pacer = Pacer(ping.interval, self.rate)
-        for i in range(ping.count):
-            await pacer.round(i)
-            seq = i + 1
-            wire_seq = seq & 0xFFFF
-            for target in self.targets:
-                await pacer.probe()
-                tok = getrandbits(64)
+        send_now = self.send_now
+        gap = self._gap
+        done = 0
+        while done < budget:
+            if gap:
+                if self._next > now + SLACK:
+                    self._idx = i
+                    self.due = self._next
+                    return done
+                self._next = max(self._next, now - SLACK) + gap
+            target = targets[i]
+            tok = getrandbits(64)
+            fam = target.fam
+            key = (target.packed, target.ident, wire_seq)
+            if fam.dgram:
+                # The identifier is the socket's: find a sequence number not in flight.
+                for _ in range(64):
+                    wire_seq = fam.next_seq()
+                    key = (target.packed, target.ident, wire_seq)
+                    if key not in table:
+                        break
+            if builders is not None:
+                data = builders[fam.v6].build(target.ident, wire_seq, tok)
+                token = tok.to_bytes(8, "big")
+            else:
                 token = tok.to_bytes(8, "big")[:tlen]
-                fam = target.fam
-                key = (target.packed, target.ident, wire_seq)
-                if fam.dgram:
-                    # The identifier is the socket's: find a sequence number not in flight.
-                    for _ in range(64):
-                        wire_seq = fam.next_seq()
-                        key = (target.packed, target.ident, wire_seq)
-                        if key not in table:
-                            break
-                if fast is not None:
-                    data = fast[fam.v6].build(target.ident, wire_seq, tok)
-                else:
-                    data = build_echo(target.ident, wire_seq, token + fill[tlen:], fam.v6)
-                probe = _Probe(target, seq, token)
-                await launch(
-                    key, probe, target.sock, data, target.dst, target.anc, now=pacer.now,
-                    pacer=pacer,
-                )  # fmt: skip
-            # Forget probes old enough that no reply can matter any more: memory stays bounded
-            # on a ping that runs for days.
-            self.forget_old(pacer.now, grace)
+                data = build_echo(target.ident, wire_seq, token + self._fill[tlen:], fam.v6)
+            try:
+                send_now(key, _Probe(target, seq, token), target.sock, data, target.dst,
+                         target.anc, now)  # fmt: skip
+            except BlockingIOError:
+                self.blocked = target.sock
+                self._idx = i
+                self.due = now
+                return done
+            done += 1
+            i += 1
+            if i == n:
+                i = 0
+                self._round += 1
+                # Forget probes old enough that no reply can matter any more: memory stays
+                # bounded on a ping that runs for days.
+                self.forget_old(now, self._grace)
+                if self._round >= ping.count:
+                    self._idx = 0
+                    self.finish_sending()
+                    return done
+                seq = self._round + 1
+                wire_seq = seq & 0xFFFF
+                due = self._anchor + self._round * ping.interval
+                if due > now + SLACK:
+                    self._idx = 0
+                    self._next = max(self._next, due)
+                    self.due = due
+                    return done
+        self._idx = i
+        self.due = now
+        return done
 
     def close(self) -> None:
         super().close()
@@ -357,6 +440,9 @@ class Pinger(Diagnostic):
         # Identifiers from one aligned block, so the kernel filter is one mask-and-compare.
         self._ident_pool = IdentPool()
         self._ident_pool.on_grow = self._kernel_filter
+        # per-call setup, cached: payload templates by size, ancillary data by socket+options
+        self._templates: dict[int, tuple[dict[bool, EchoBuilder] | None, bytes, int]] = {}
+        self._anc: dict[tuple[ProbeSocket, int | None, int | None, bool | None], list] = {}
         #: replies whose identifier and sequence matched but whose token did not (another
         #: process's pings, or forgeries): never credited
         self.foreign = 0
@@ -407,6 +493,29 @@ class Pinger(Diagnostic):
                 self._engine.add_socket(sock, None)
             fam.df_socks[df] = sock
         return sock
+
+    def _template(self, size: int) -> tuple[dict[bool, EchoBuilder] | None, bytes, int]:
+        """Echo builders (v4, v6) for ``size``-byte payloads, the fill, the token length:
+        built once per size, not once per call (``echo_payload`` goes byte by byte)."""
+        t = self._templates.get(size)
+        if t is None:
+            fill = echo_payload(b"\x00" * TOKEN_LEN, size)
+            tlen = min(TOKEN_LEN, size)
+            fast = {v6: EchoBuilder(size, v6) for v6 in (False, True)} if tlen == 8 else None
+            if len(self._templates) > 64:
+                self._templates.clear()
+            t = self._templates[size] = (fast, fill, tlen)
+        return t
+
+    def _ancillary(self, sock: ProbeSocket, ping: Ping, v6: bool) -> list:
+        key = (sock, ping.ttl, ping.tos, ping.df)
+        anc = self._anc.get(key)
+        if anc is None:
+            if len(self._anc) > 1024:
+                self._anc.clear()
+            anc = sock.ancillary(ttl=ping.ttl, tos=ping.tos, dontfrag=ping.df if v6 else None)
+            self._anc[key] = anc
+        return anc
 
     def prepare(self, ping: Ping) -> None:
         """Open now any extra socket ``ping`` will need (the IPv4 DF sibling), so a CLI can
@@ -503,11 +612,12 @@ class Pinger(Diagnostic):
 
         return ResultStream(self._engine, start)
 
-    async def ping(self, ping: Ping) -> AsyncIterator[float | None]:
+    def ping(self, ping: Ping) -> AsyncIterator[float | None]:
         """Yield, in sequence order, each request's RTT in seconds or ``None`` if it got no
-        reply (timed out, or an ICMP error came back instead)."""
-        async for rtt in in_order(self.results(ping), 1, _reply_rtt):
-            yield rtt
+        reply (timed out, or an ICMP error came back instead). A wrong argument raises
+        ``TypeError`` here, before iterating."""
+        # The in-order iterator itself, not a generator around it: one layer less per result.
+        return in_order(self.results(ping), 1, _reply_rtt)
 
     async def collect(self, ping: Ping) -> list[PingResult]:
         """Run a whole ping and return every result; see :meth:`PingStats.of`."""
