@@ -257,7 +257,8 @@ class _Target:
         self.port = port
         self.fam = fam
         self.packed = addr.packed
-        self.dst = str(addr)
+        # inet_ntop: str() of an ipaddress object costs a few microseconds per target.
+        self.dst = socket.inet_ntop(socket.AF_INET6 if fam.v6 else socket.AF_INET, self.packed)
         self.local = b""
         self.anc: list[tuple[int, int, bytes]] = []
         self.error: str | None = None
@@ -358,12 +359,12 @@ class _Session(ProbeSession[_Probe, KnockResult]):
         knocker = self.knocker
         target = _Target(addr, port, knocker._family(addr.version == 6))
         try:
-            local = knocker._source(addr)
+            local = knocker._source_packed(addr)
         except OSError as e:
             # No route: every probe to it fails locally, the way sendmsg would have failed.
             target.error = e.strerror or str(e)
         else:
-            target.local = local.packed
+            target.local = local
             # IPv6: the kernel fills the checksum (IPV6_CHECKSUM) and IPV6_PKTINFO pins the
             # source it covers. IPv4: we compute it over the pseudo-header with the route's
             # source address, which is the address the kernel puts in the header it builds.
@@ -601,13 +602,13 @@ class Knocker(Diagnostic):
             self._opts_ts = ts
         return self._opts
 
-    def _source(self, target: IPAddress) -> IPAddress:
-        """Our address towards ``target``: the bound one, or what the kernel's route picks."""
+    def _source_packed(self, target: IPAddress) -> bytes:
+        """Our address towards ``target``, packed (what keys and checksums use): the bound one,
+        or what the kernel's route picks."""
         bound = self.bind.for_family(target.version == 6)
         if bound is not None:
-            return bound
-        packed = self._family(target.version == 6).route.source(target)
-        return ipaddress.ip_address(packed)
+            return bound.packed
+        return self._family(target.version == 6).route.source(target)
 
     def reserved_ports(self) -> set[tuple[int, int]]:
         """``(IP version, port)`` of every source port a live probe holds right now."""
