@@ -150,6 +150,8 @@ async def run_ping_like(args: argparse.Namespace) -> dict:
         rss_after = _status_kb("VmRSS")
         engine = pinger.engine.stats
         foreign = pinger.foreign
+        # how often the scheduler waited for the receive side (issue 12; None before it)
+        held_back = getattr(getattr(pinger.engine, "scheduler", None), "held_back", None)
     rtts.sort()
     return {
         "tool": "netdiag",
@@ -163,6 +165,7 @@ async def run_ping_like(args: argparse.Namespace) -> dict:
         "duplicates": dups,
         "late": late,
         "foreign": foreign,
+        "held_back": held_back,
         "tx_kernel": tx_kernel,
         "engine": {k: getattr(engine, k) for k in engine.__slots__},
         "work_wall": wall,
