@@ -77,13 +77,13 @@ class Probe(Lease):
         return max(packet.stamp_ns - self.sent_ns, 0) / 1e9
 
 
-class ProbeSession(Session, Scheduled, Generic[P, R]):
+class ProbeSession(Session, Generic[P, R]):
     """One diagnostic call built on the template; see the module docstring.
 
     Subclasses implement :meth:`answer`, :meth:`timeout` and :meth:`refused`, and either
-    :meth:`~.schedule.Scheduled.step` (the engine's scheduler sends: ping, knock), which calls
-    :meth:`send_now` per probe, or ``_send_all`` (a sender task of its own), which calls
-    :meth:`launch`.
+    also derive from :class:`~.schedule.Scheduled` and implement its ``step`` (the engine's
+    scheduler sends: ping, knock), which calls :meth:`send_now` per probe, or implement
+    ``_send_all`` (a sender task of its own: trace), which calls :meth:`launch`.
     """
 
     def __init__(self, engine: Engine, expiry: float) -> None:
@@ -265,7 +265,7 @@ class ProbeSession(Session, Scheduled, Generic[P, R]):
                 yield self.timeout(lease.probe)
 
     def close(self) -> None:
-        if not self.closed:
+        if not self.closed and isinstance(self, Scheduled):
             self.engine.scheduler.discard(self)
         if self._unresolved_at_close is None:
             self._unresolved_at_close = list(self.unresolved())

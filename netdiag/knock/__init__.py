@@ -52,7 +52,7 @@ from ..engine import (
     ResultStream,
     in_order,
 )
-from ..engine.schedule import SLACK
+from ..engine.schedule import SLACK, Scheduled
 from ..resolve import resolve
 from ..results import ErrorReply, jsonable
 from ..sock import (
@@ -337,7 +337,7 @@ class _Probe(Probe):
         self.slot = slot
 
 
-class _Session(ProbeSession[_Probe, KnockResult]):
+class _Session(ProbeSession[_Probe, KnockResult], Scheduled):
     """The state of one :meth:`Knocker.results` or :meth:`Knocker.sweep` call: any number of
     (address, port) targets, sent by the engine's scheduler through :meth:`step` (rounds as
     in :mod:`netdiag.ping`); each SYN goes through the engine's probe template."""

@@ -28,7 +28,7 @@ from ..engine import (
     ResultStream,
     in_order,
 )
-from ..engine.schedule import SLACK
+from ..engine.schedule import SLACK, Scheduled
 from ..engine.table import ACTIVE, RELEASED
 from ..errors import PrivilegeError
 from ..privilege import ping_group_advice
@@ -234,7 +234,7 @@ class _Probe(Probe):
         self.token = token
 
 
-class _Session(ProbeSession[_Probe, PingResult]):
+class _Session(ProbeSession[_Probe, PingResult], Scheduled):
     """The state of one :meth:`Pinger.results` or :meth:`Pinger.sweep` call: any number of
     targets, sent by the engine's scheduler (:mod:`netdiag.engine.schedule`) through
     :meth:`step`; each request goes through the engine's probe template.
