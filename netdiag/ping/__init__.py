@@ -317,8 +317,7 @@ class _Session(ProbeSession[_Probe, PingResult], Scheduled):
         ):
             probe: _Probe = lease  # type: ignore[assignment]
             addr = probe.target.addr
-            sent = probe.sent_ns
-            rtt = max(packet.stamp_ns - sent, 0) / 1e9 if sent else None
+            rtt = probe.rtt(packet)
             size = 8 + len(event.payload)
             probe.answered = True
             lease.finish()
