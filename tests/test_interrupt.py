@@ -45,6 +45,9 @@ def _counted(lab: Lab) -> int:
 
 
 def _interrupted(lab: Lab, after: float, *argv: str) -> str:
+    """Run a CLI in src and interrupt it once at least ``after`` / 0.2 s worth of probes (3 or
+    more) reached dst -- whatever a loaded machine makes of start-up time -- so requests are
+    outstanding when SIGINT comes (their -W is 5 s, the interval 0.2 s)."""
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
     proc = subprocess.Popen(
         ["ip", "netns", "exec", lab.ns("src"), sys.executable, *argv],
@@ -53,8 +56,11 @@ def _interrupted(lab: Lab, after: float, *argv: str) -> str:
         text=True,
         env=env,
     )
+    want = max(3, round(after / 0.2))
     try:
-        time.sleep(after)
+        deadline = time.monotonic() + 30
+        while _counted(lab) < want and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=20)
     finally:
