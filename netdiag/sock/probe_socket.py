@@ -1,19 +1,8 @@
-"""The thin trio socket layer: open raw sockets, send with per-packet options, receive in batches.
+"""One probe socket: opened as one of a few named kinds, sends with per-packet options and
+(where enabled) kernel transmit stamps, receives in batches with kernel receive stamps.
 
-Everything that touches a file descriptor, ancillary data or a clock lives here, so the protocol
-code (``netdiag.wire``) stays pure and the diagnostics only say "send these bytes with this TTL".
-
-Design choices, and why:
-
-* Sockets are plain :mod:`socket` objects in non-blocking mode, waited on with
-  :func:`trio.lowlevel.wait_readable`. After one wake-up we drain the socket with ``recvmsg_into``
-  until it would block (bounded), instead of paying a trio checkpoint per packet: one wake-up
-  then serves a burst of thousands of replies.
-* Per-packet TTL/TOS (IPv4) and hop limit/traffic class (IPv6) travel as ``sendmsg`` ancillary
-  data, never as socket-wide options, so concurrent probes on one socket cannot race.
-* Receive times are kernel timestamps (``SO_TIMESTAMPNS``, CLOCK_REALTIME): they are taken when
-  the packet arrives, not when our event loop gets around to it, so a busy process does not
-  inflate RTTs. Send times are read from the same clock immediately before ``sendmsg``.
+See :mod:`netdiag.sock` for the design choices; the meaning of ancillary data is pure code in
+:mod:`netdiag.wire.cmsg`.
 """
 
 from __future__ import annotations
@@ -21,36 +10,26 @@ from __future__ import annotations
 import array
 import contextlib
 import errno
-import ipaddress
 import socket
 import struct
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import trio
 
-from .errors import FamilyUnavailableError, PrivilegeError
-from .wire import cmsg
-from .wire.packet import ExtErr, Packet
+from ..errors import FamilyUnavailableError, PrivilegeError
+from ..wire import cmsg
+from ..wire.packet import Packet
+from .bind import Bind
 
 __all__ = [
     "DEFAULT_RCVBUF",
-    "Bind",
-    "ExtErr",
-    "IPAddress",
-    "Packet",
-    "PerFamily",
+    "FLOW_RCVBUF",
+    "IP_PMTUDISC_DO",
+    "IP_PMTUDISC_DONT",
     "ProbeSocket",
-    "RouteFinder",
-    "ephemeral_ports",
-    "parse_address",
-    "reserve_tcp_port",
 ]
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-T = TypeVar("T")
 
 # Linux constants the socket module does not export on every Python version.
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
@@ -92,58 +71,6 @@ _TX_STAMP_PLAUSIBLE_NS = 1_000_000_000
 #: Default receive buffer: room for tens of thousands of small replies arriving in a burst, the
 #: failure mode multiping users hit with the kernel's ~200 KB default.
 DEFAULT_RCVBUF = 8 << 20
-
-
-def parse_address(value: str | IPAddress) -> IPAddress:
-    """An ``ipaddress`` object from a string or object; ``ValueError`` names the bad value."""
-    if isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address):
-        return value
-    if not isinstance(value, str):
-        raise TypeError(f"expected an IP address string or ipaddress object, got {value!r}")
-    try:
-        return ipaddress.ip_address(value.strip("[]"))
-    except ValueError:
-        raise ValueError(f"not an IP address: {value!r}") from None
-
-
-@dataclass(frozen=True, slots=True)
-class Bind:
-    """Where an object's sockets bind: a source address per family and/or an interface.
-
-    Unset addresses mean "any" (the kernel picks the source per route). ``device`` binds every
-    socket to one interface with SO_BINDTODEVICE, as ``ping -I eth0`` does.
-    """
-
-    v4: ipaddress.IPv4Address | None = None
-    v6: ipaddress.IPv6Address | None = None
-    device: str | None = None
-
-    def __init__(
-        self,
-        v4: str | ipaddress.IPv4Address | None = None,
-        v6: str | ipaddress.IPv6Address | None = None,
-        device: str | None = None,
-    ) -> None:
-        a4 = parse_address(v4) if v4 is not None else None
-        a6 = parse_address(v6) if v6 is not None else None
-        if a4 is not None and a4.version != 4:
-            raise ValueError(f"Bind.v4 must be an IPv4 address, got {a4}")
-        if a6 is not None and a6.version != 6:
-            raise ValueError(f"Bind.v6 must be an IPv6 address, got {a6}")
-        if device is not None and (not device or len(device) > 15 or "/" in device):
-            raise ValueError(f"not an interface name: {device!r}")
-        object.__setattr__(self, "v4", a4)
-        object.__setattr__(self, "v6", a6)
-        object.__setattr__(self, "device", device)
-
-    @classmethod
-    def source(cls, addr: str | IPAddress) -> Bind:
-        """Bind only the family of ``addr`` to it (what ``-I 198.18.1.2`` means)."""
-        a = parse_address(addr)
-        return cls(v4=a) if a.version == 4 else cls(v6=a)
-
-    def for_family(self, v6: bool) -> IPAddress | None:
-        return self.v6 if v6 else self.v4
 
 
 def _icmp_proto(v6: bool) -> int:
@@ -676,112 +603,3 @@ def _make_packet(
     else:
         src = socket.inet_pton(_AF_INET, host)
     return Packet(data, src, dst, ttl, stamp, kernel, addr[1], bool(flags & _MSG_TRUNC), err, drops)
-
-
-def ephemeral_ports() -> tuple[int, int] | None:
-    """The kernel's ephemeral port range in this network namespace (what ``bind(0)`` picks
-    from, so every port :func:`reserve_tcp_port` reserves), or ``None`` if unreadable."""
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            lo, hi = (int(x) for x in f.read().split())
-    except (OSError, ValueError):
-        return None
-    return (lo, hi) if 0 < lo <= hi <= 0xFFFF else None
-
-
-def reserve_tcp_port(v6: bool) -> socket.socket:
-    """A TCP socket bound (never listening, never connected) to a port the kernel picked.
-
-    While it stays open the port is ours: ``bind(0)`` only hands out ports no other socket
-    holds, and the kernel's ``connect()`` never picks a bound port for its own connections.
-    Because the socket is in neither the listening nor the established table, the kernel still
-    answers segments for that port with a RST -- what a half-open prober needs. Close it to
-    release the port; it was never connected, so it leaves no TIME_WAIT behind.
-    """
-    s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        s.bind(("::" if v6 else "0.0.0.0", 0))
-    except BaseException:
-        s.close()
-        raise
-    return s
-
-
-class RouteFinder:
-    """Source-address discovery for one family: "which local address would reach ``dst``?"
-
-    Connecting a UDP socket sends nothing but makes the kernel do its route lookup (honouring
-    the bind address and interface); ``getsockname`` then tells the chosen source. Probes whose
-    checksum or key covers the source (TCP, UDP, traceroute) need it before the first packet
-    leaves. The socket is opened once, with the object's raw sockets, so it lives in the same
-    network namespace even if the caller's thread moves later.
-    """
-
-    def __init__(self, v6: bool, bind: Bind | None = None) -> None:
-        self.v6 = v6
-        self.sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            if bind is not None and bind.device:
-                self.sock.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, bind.device.encode())
-            addr = bind.for_family(v6) if bind is not None else None
-            if addr is not None:
-                self.sock.bind((str(addr), 0))
-        except BaseException:
-            self.sock.close()
-            raise
-
-    def source(self, dst: IPAddress) -> bytes:
-        """The packed local address for ``dst``; ``OSError`` (ENETUNREACH ...) if no route."""
-        self.sock.connect((str(dst), 9))
-        name = self.sock.getsockname()[0].split("%", 1)[0]
-        return socket.inet_pton(socket.AF_INET6 if self.v6 else socket.AF_INET, name)
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-class PerFamily(Generic[T]):
-    """What an object opened for each IP family, or why it could not.
-
-    Every diagnostic opens its sockets per family the same way: a family the host lacks is
-    remembered and reported when a probe needs it (:class:`FamilyUnavailableError`), so a host
-    without IPv6 still pings over IPv4; any other failure (no privilege, a bad :class:`Bind`)
-    is the caller's error at once, after closing whatever was already opened.
-    """
-
-    def __init__(self, owner: str) -> None:
-        self.owner = owner
-        self._items: dict[bool, T | FamilyUnavailableError] = {}
-
-    def open(self, opener: Callable[[bool], T], close: Callable[[T], None]) -> None:
-        items: dict[bool, T | FamilyUnavailableError] = {}
-        try:
-            for v6 in (False, True):
-                try:
-                    items[v6] = opener(v6)
-                except FamilyUnavailableError as e:
-                    items[v6] = e
-        except BaseException:
-            for item in items.values():
-                if not isinstance(item, FamilyUnavailableError):
-                    close(item)
-            raise
-        if all(isinstance(i, FamilyUnavailableError) for i in items.values()):
-            raise items[False]  # type: ignore[misc]
-        self._items = items
-
-    def get(self, v6: bool) -> T:
-        item = self._items.get(v6)
-        if item is None:
-            raise RuntimeError(f"use the {self.owner} inside `async with {self.owner}() as ...:`")
-        if isinstance(item, FamilyUnavailableError):
-            raise FamilyUnavailableError(item.errno, f"IPv{6 if v6 else 4} unavailable: {item}")
-        return item
-
-    def items(self) -> list[tuple[bool, T]]:
-        """``(v6, opened)`` for each family that opened."""
-        missing = FamilyUnavailableError
-        return [(v6, i) for v6, i in self._items.items() if not isinstance(i, missing)]
-
-    def clear(self) -> None:
-        self._items = {}
