@@ -27,7 +27,7 @@ from ..wire.trace import PROTO_ICMP, PROTO_ICMP6, PROTO_TCP, PROTO_UDP, Reply, R
 from .options import Trace
 from .planner import Planner
 from .results import TraceProbe
-from .sockets import FlowSpec, ProbeSockets
+from .sockets import Flows, FlowSpec, ProbeSockets
 
 if TYPE_CHECKING:
     from .tracer import Tracer
@@ -60,8 +60,23 @@ class TraceSession(ProbeSession[_Probe, Answer]):
     pushed in TTL order as the planner settles each."""
 
     def __init__(
-        self, tracer: Tracer, trace: Trace, target: IPAddress, sockets: ProbeSockets, src: bytes
+        self,
+        tracer: Tracer,
+        trace: Trace,
+        target: IPAddress,
+        sockets: ProbeSockets,
+        src: bytes,
+        *,
+        flows_of: TraceSession | None = None,
+        attempt: int = 0,
+        keep_flows: bool = False,
     ) -> None:
+        """``flows_of``, ``attempt`` and ``keep_flows`` serve traces repeated in rounds
+        (:mod:`netdiag.trace.monitor`): a round sends on the flows (and with the tokens) of
+        an earlier round's session ``flows_of`` -- the same Paris flows every round -- with
+        probe ids of ``attempt`` so its keys never meet an earlier round's lingering ones;
+        ``keep_flows`` (implied by ``flows_of``) leaves the flows reserved when the session
+        closes: the monitor releases them at its end."""
         super().__init__(tracer.engine, trace.expiry)
         self.tracer = tracer
         self.trace = trace
@@ -72,19 +87,18 @@ class TraceSession(ProbeSession[_Probe, Answer]):
         self.proto = {"udp": PROTO_UDP, "tcp": PROTO_TCP}.get(
             trace.proto, PROTO_ICMP6 if v6 else PROTO_ICMP
         )
-        self.token = random.getrandbits(16)
-        self.icmp_token = random.getrandbits(32).to_bytes(4, "big")
-        spec = FlowSpec(
-            self.proto,
-            src,
-            self.dst,
-            self.dst_str,
-            trace.dport,
-            self.token,
-            self.icmp_token,
-            trace.max_flows,
-        )
-        self.flows = sockets.flows(spec)  # raw mode: reserves a block of flow ids
+        self.token: int
+        self.icmp_token: bytes
+        self.flows: Flows
+        self.attempt = attempt
+        self.keep_flows = keep_flows or flows_of is not None
+        if flows_of is not None:
+            self.token, self.icmp_token = flows_of.token, flows_of.icmp_token
+            self.flows = flows_of.flows
+        else:
+            self.token = random.getrandbits(16)
+            self.icmp_token = random.getrandbits(32).to_bytes(4, "big")
+            self.flows = sockets.flows(self._spec(src, trace.dport, trace.max_flows))
         self.planner = Planner(
             first_ttl=trace.first_ttl,
             max_ttl=trace.max_ttl,
@@ -98,6 +112,12 @@ class TraceSession(ProbeSession[_Probe, Answer]):
         self.duplicates = 0
         self.started = 0.0
         self._sender_wake: trio.Event | None = None
+
+    def _spec(self, src: bytes, dport: int, max_flows: int) -> FlowSpec:
+        """What every probe of this trace shares (raw mode reserves a block of flow ids)."""
+        return FlowSpec(
+            self.proto, src, self.dst, self.dst_str, dport, self.token, self.icmp_token, max_flows
+        )
 
     @property
     def settled(self) -> bool:
@@ -121,7 +141,7 @@ class TraceSession(ProbeSession[_Probe, Answer]):
                 await self._sender_wait()  # for an answer or an expiry
                 continue
             fid = flows.flow_id(send.flow)  # (datagram mode: opens the flow's socket)
-            pid = encode_pid(send.ttl)
+            pid = encode_pid(send.ttl, self.attempt)
             out = flows.outgoing(send.flow, send.ttl, pid)
             probe = _Probe(send.ttl, send.flow)
             await self.launch(
@@ -211,5 +231,5 @@ class TraceSession(ProbeSession[_Probe, Answer]):
             return
         Session.close(self)  # the sender stops; the keys are not released yet
         linger = max(LINGER, 2 * self.trace.expiry)
-        self.tracer._linger(list(self.leases), self.flows, linger)
+        self.tracer._linger(list(self.leases), None if self.keep_flows else self.flows, linger)
         self.leases.clear()

@@ -13,6 +13,7 @@ import time
 import warnings
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -24,8 +25,11 @@ from ..sock import DEFAULT_RCVBUF, Bind, IPAddress
 from ..wire.trace import PROTO_ICMP, PROTO_ICMP6
 from .options import Trace
 from .results import Hop, TraceResult
-from .session import TraceSession
+from .session import LINGER, TraceSession
 from .sockets import PORT_HI, PORT_LO, DgramSockets, Flows, ProbeSockets, RawSockets
+
+if TYPE_CHECKING:
+    from .monitor import Monitor, Snapshot
 
 __all__ = ["FlowBlocks", "Tracer"]
 
@@ -157,6 +161,65 @@ class Tracer(Diagnostic):
             elapsed,
         )
 
+    async def monitor(
+        self,
+        trace: Trace | Monitor,
+        *,
+        rounds: int | None = None,
+        every: float = 1.0,
+        rediscover: int | None = None,
+        grace: int = 8,
+    ) -> AsyncIterator[Snapshot]:
+        """Trace the route in rounds, as mtr does, and yield a
+        :class:`~netdiag.trace.monitor.Snapshot` of the statistics after each: per hop and
+        per responder sent, received, loss, last/avg/best/worst/stdev RTT, jitter, reply TTL,
+        per-flow counts, and the route changes seen. The rounds send the same Paris flows
+        every time (their ids stay reserved until the iteration ends), so loss on one
+        branch shows on that branch's responders. ``trace`` may be a
+        :class:`~netdiag.trace.monitor.Monitor` (keep it to :meth:`~Monitor.reset` the
+        statistics while it runs); the keyword arguments are then ignored. See
+        :mod:`netdiag.trace.monitor` for how rounds are planned."""
+        from .monitor import Monitor
+
+        mon = (
+            trace
+            if isinstance(trace, Monitor)
+            else Monitor(trace, rounds=rounds, every=every, rediscover=rediscover, grace=grace)
+        )
+        t = mon.trace
+        self._check_mode(t)
+        target = await resolve(t.addr)
+        sockets: ProbeSockets = self._family(target.version == 6)
+        src = sockets.source(target)
+        owner: list[TraceSession] = []
+
+        async def run_round(rt: Trace, attempt: int) -> list[Hop]:
+            session = TraceSession(
+                self,
+                rt,
+                target,
+                sockets,
+                src,
+                flows_of=owner[0] if owner else None,
+                attempt=attempt,
+                keep_flows=True,
+            )
+            if not owner:
+                owner.append(session)
+            hops = []
+            async for hop in stream(self._engine, session):
+                if rt.dns:
+                    hop = await self._named(hop, rt.dns_timeout)
+                hops.append(hop)
+            return hops
+
+        try:
+            async for snap in mon.run(run_round, target):
+                yield snap
+        finally:
+            if owner:
+                self._linger([], owner[0].flows, max(LINGER, 2 * t.expiry))
+
     def trace(self, trace: Trace) -> AsyncIterator[Hop]:
         """Deprecated alias of :meth:`results` (the name Pinger and Knocker use)."""
         warnings.warn(
@@ -203,14 +266,16 @@ class Tracer(Diagnostic):
 
     # -- linger --------------------------------------------------------------------------------
 
-    def _linger(self, leases: list[Lease], flows: Flows, seconds: float) -> None:
-        """Keep a finished trace's keys registered (and its flow ids reserved) ``seconds`` more,
-        then release them."""
+    def _linger(self, leases: list[Lease], flows: Flows | None, seconds: float) -> None:
+        """Keep a finished trace's keys registered (and its flow ids reserved, unless ``flows``
+        is ``None``: a monitor's round keeps them for the next) ``seconds`` more, then release
+        them."""
 
         def free() -> None:
             for lease in leases:
                 lease.release()
-            flows.release()
+            if flows is not None:
+                flows.release()
 
         async def later() -> None:
             try:
