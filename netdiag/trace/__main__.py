@@ -91,6 +91,33 @@ def parser() -> cli.Parser:
     cli.add_family(p)
     p.add_argument("-s", dest="source", help="source address or interface name")
     p.add_argument("--json", action="store_true", help="print one JSON document")
+    mtr = p.add_argument_group("rounds, as mtr (netdiag/trace/monitor.py)")
+    mode = mtr.add_mutually_exclusive_group()
+    mode.add_argument(
+        "-r",
+        "--report",
+        action="store_true",
+        help="trace in rounds over fixed flows; print one mtr-style report per responder",
+    )
+    mode.add_argument(
+        "--live",
+        action="store_true",
+        help="full-screen view refreshed every round (needs netdiag[tui]; report lines per "
+        "round when stdout is not a terminal)",
+    )
+    mtr.add_argument(
+        "-c",
+        dest="count",
+        type=cli.int_range(1, 2**31, "count"),
+        help="rounds (--report: default 10; --live: until q or Ctrl-C)",
+    )
+    mtr.add_argument(
+        "-i",
+        dest="interval",
+        type=cli.seconds(0.05, 86400, "interval"),
+        default=1.0,
+        help="seconds between rounds (default 1)",
+    )
     cli.add_version(p)
     return p
 
@@ -135,8 +162,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     proto: Proto = args.proto or "udp"
     if proto == "icmp" and args.port is not None:
         cli.fail(PROG, "-p does not apply to ICMP (-I)")
+    if args.count is not None and not (args.report or args.live):
+        cli.fail(PROG, "-c applies to --report and --live")
     version = cli.family_of(args)
     bind = cli.bind_for(args.source)
+    if args.live and sys.stdout.isatty():
+        from .monitor_cli import live_available
+
+        if not live_available():
+            cli.fail(PROG, "--live needs the terminal extra: pip install 'netdiag[tui]'")
 
     async def body() -> int:
         addr = await resolve(args.host, version)
@@ -154,6 +188,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             dns=not args.numeric,
             dns_timeout=0.5,
         )
+        if args.report or args.live:
+            from .monitor_cli import run_rounds
+
+            return await run_rounds(args, trace, addr, bind)
         hops: list[Hop] = []
         refused: PrivilegeError | None = None
         async with Tracer(bind, privileged=args.privileged) as tracer:

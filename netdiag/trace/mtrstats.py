@@ -288,10 +288,11 @@ class PathStats:
             appeared: list[IPAddress] = []
             moved: set[IPAddress] = set()
             answered_now: set[IPAddress] = set()
-            for p in sorted(hop.probes, key=lambda p: p.flow):
+            # Answers first: timeouts are attributed with this round's paths known.
+            for p in sorted(hop.probes, key=lambda p: (p.addr is None, p.flow)):
                 key = (hop.ttl, p.flow)
                 if p.addr is None:
-                    row = rows.get(self._paths.get(key))
+                    row = rows.get(self._lost_at(hop.ttl, p.flow, rows))
                     if row is None:
                         row = rows.get(None)
                         if row is None:
@@ -333,6 +334,27 @@ class PathStats:
                     self.names[r.addr] = r.name
             self._trim(rows)
         return changes
+
+    def _lost_at(
+        self, ttl: int, flow: int, rows: dict[IPAddress | None, _Responder]
+    ) -> IPAddress | None:
+        """Whose probe was lost: the responder ``flow`` reached at ``ttl`` before; else, if
+        every flow that shared its responder one hop earlier went on to one responder here,
+        that one; with the flow's path one hop earlier unknown too, the hop's only active
+        responder; else ``None`` (``???``)."""
+        paths = self._paths
+        addr = paths.get((ttl, flow))
+        if addr is not None:
+            return addr
+        prev = paths.get((ttl - 1, flow))
+        if prev is not None:
+            nexts = {
+                a for (t, g), a in paths.items() if t == ttl and paths.get((ttl - 1, g)) == prev
+            }
+            # None known: the branch beyond ``prev`` is unexplored, so nobody can be named.
+            return nexts.pop() if len(nexts) == 1 else None
+        active = [a for a, r in rows.items() if a is not None and r.active]
+        return active[0] if len(active) == 1 else None
 
     def forget_beyond(self, ttl: int) -> None:
         """The route now ends at ``ttl``: hops beyond it keep their rows, marked inactive."""
