@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import math
 import statistics
 import sys
@@ -14,9 +15,8 @@ import trio
 import trio.testing
 
 from netdiag import Trace
-from netdiag.trace import Hop, TraceProbe
+from netdiag.trace import Hop, TraceProbe, monitor_cli
 from netdiag.trace import __main__ as trace_cli
-from netdiag.trace import monitor_cli
 from netdiag.trace.monitor import Monitor, Snapshot
 from netdiag.trace.mtrstats import HISTORY, PathStats, RunningStats
 from netdiag.trace.report import report_dict, report_lines
@@ -82,7 +82,7 @@ def test_running_stats_match_the_statistics_module() -> None:
     assert math.isclose(s.mean, statistics.fmean(xs))
     assert math.isclose(s.stdev, statistics.stdev(xs))
     assert (s.last, s.best, s.worst) == (0.011, 0.009, 0.030)
-    diffs = [abs(b - a) for a, b in zip(xs, xs[1:], strict=False)]
+    diffs = [abs(b - a) for a, b in itertools.pairwise(xs)]
     assert math.isclose(s.jitter, statistics.fmean(diffs))
     assert s.jitter_last == 0.0
 
