@@ -9,6 +9,7 @@ import itertools
 import math
 import statistics
 import sys
+from dataclasses import replace
 
 import pytest
 import trio
@@ -168,6 +169,22 @@ def test_first_round_is_the_baseline_then_a_moved_branch_is_a_change() -> None:
     # a vanished responder's row stays, inactive, until it comes back
     snap = {(h.ttl, r.addr): r.active for h in st.snapshot() for r in h.responders}
     assert snap[(2, R2A)]
+
+
+def test_a_route_that_now_ends_earlier_loses_its_deeper_responders() -> None:
+    st = PathStats()
+    st.add_round(diamond())
+    short = diamond()[:2]
+    short[1] = replace(short[1], last=True, mark="!N")
+    changes = st.add_round(short)
+    assert [(c.ttl, set(c.vanished)) for c in changes] == [(3, {R3A, R3B}), (4, {DST})]
+    assert [(c.ttl, set(c.appeared)) for c in st.add_round(diamond())] == [
+        (3, {R3A, R3B}),
+        (4, {DST}),
+    ]
+    # ending at max_ttl (no mark, not reached) says nothing about deeper hops
+    st.add_round(diamond()[:2])
+    assert all(r.active for h in st.snapshot() for r in h.responders)
 
 
 def test_silence_is_a_change_only_after_grace_rounds() -> None:

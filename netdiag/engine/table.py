@@ -110,9 +110,7 @@ class DemuxTable:
         #: leases that reached their deadline unanswered, so far
         self.expired = 0
 
-    def register(
-        self, key: Hashable, sink: Sink, deadline: float, probe: Any = None
-    ) -> Lease:
+    def register(self, key: Hashable, sink: Sink, deadline: float, probe: Any = None) -> Lease:
         """Claim ``key`` until ``deadline``. Raises :class:`KeyInUseError` if another live probe
         holds it: two probes that look the same on the wire must never be in flight at once."""
         if key in self.leases:

@@ -486,9 +486,7 @@ class Pinger(Diagnostic):
                 fam.idents[sock] = sock.local_port()
                 self._engine.add_socket(sock, classifier(False, True))
             else:
-                sock = ProbeSocket.raw_sender(
-                    False, socket.IPPROTO_ICMP, self.bind, pmtudisc=mode
-                )
+                sock = ProbeSocket.raw_sender(False, socket.IPPROTO_ICMP, self.bind, pmtudisc=mode)
                 self._engine.add_socket(sock, None)
             fam.df_socks[df] = sock
         return sock

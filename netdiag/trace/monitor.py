@@ -12,8 +12,8 @@ reserved for the whole monitor; only the probe ids change between rounds), so fl
 follows one path, round after round: a probe of it that is not answered is lost *on that
 path*, and loss on one ECMP branch shows on that branch's responders only
 (:mod:`netdiag.trace.mtrstats`). The discovery runs again every ``rediscover`` rounds, after
-a round that showed a route change, and after a round that ended before the discovered
-destination.
+a round that showed a route change, and after a round that ended otherwise than the discovery
+(at another TTL, reached or not, another unreachable mark).
 
 Memory stays bounded however long it runs: running statistics per responder, a fixed
 history per row, at most ``MAX_EVENTS`` route changes remembered.
@@ -158,24 +158,25 @@ class Monitor:
         """Run the rounds through ``run_round``; yield a :class:`Snapshot` after each."""
         t = self.trace
         discover = True
-        discovered_reached = False
+        discovered_end: tuple[int, bool, str] | None = None
         while self.rounds is None or self.round < self.rounds:
             start = trio.current_time()
             attempt = self.round % (MAX_ATTEMPT + 1)
             hops = await run_round(self.round_trace(discover), attempt)
             self.round += 1
             reached = any(h.reached for h in hops)
+            end = (hops[-1].ttl, reached, hops[-1].mark) if hops else None
             if discover:
                 widest = max((len(h.probes) for h in hops), default=1)
                 self.flows = min(t.flows or widest, t.max_flows)
                 self._depth = hops[-1].ttl if hops else t.max_ttl
-                discovered_reached = reached
+                discovered_end = end
             changes = self.stats.add_round(hops)
             self.events.extend(changes)
             was_discovery = discover
             discover = (
                 (not was_discovery and bool(changes))
-                or (not was_discovery and discovered_reached and not reached)
+                or (not was_discovery and end != discovered_end)
                 or (self.rediscover is not None and self.round % self.rediscover == 0)
             )
             now = trio.current_time()

@@ -13,9 +13,10 @@ responders only, instead of being averaged over the hop as mtr does. A timeout o
 never reached anything at that TTL goes to the hop's ``None`` responder (mtr's ``???``).
 
 **Route changes** (:class:`RouteChange`) are reported per TTL when the set of responders
-changes: an address *appears* the first time it answers at a TTL; an address *vanishes* when
-the flows that used to reach it were answered by others in a round (the path moved), or when
-it has been silent for ``grace`` rounds in a row while its hop answered.
+changes: an address *appears* the first time it answers at a TTL (or again after it vanished);
+an address *vanishes* when the flows that used to reach it were answered by others in a round
+(the path moved), when the route now ends (arrival, unreachable) before its TTL, or when it has
+been silent for ``grace`` rounds in a row while its hop answered.
 """
 
 from __future__ import annotations
@@ -283,7 +284,8 @@ class PathStats:
         rnd = self._round
         first = rnd == 1  # the baseline: everything "appears", which is no change
         changes: list[RouteChange] = []
-        for hop in sorted(hops, key=lambda h: h.ttl):
+        hops = sorted(hops, key=lambda h: h.ttl)
+        for hop in hops:
             rows = self._hops.setdefault(hop.ttl, {})
             appeared: list[IPAddress] = []
             moved: set[IPAddress] = set()
@@ -333,6 +335,16 @@ class PathStats:
                 if r.name is not None:
                     self.names[r.addr] = r.name
             self._trim(rows)
+        # The route now ends (an arrival, an unreachable) before TTLs where responders
+        # answered: they vanished.
+        end = hops[-1] if hops else None
+        if end is not None and end.last and (end.reached or end.mark) and not first:
+            for ttl in sorted(t for t in self._hops if t > end.ttl):
+                gone = [a for a, r in self._hops[ttl].items() if a is not None and r.active]
+                for a in gone:
+                    self._hops[ttl][a].active = False
+                if gone:
+                    changes.append(RouteChange(rnd, ttl, (), tuple(gone)))
         return changes
 
     def _lost_at(
@@ -355,13 +367,6 @@ class PathStats:
             return nexts.pop() if len(nexts) == 1 else None
         active = [a for a, r in rows.items() if a is not None and r.active]
         return active[0] if len(active) == 1 else None
-
-    def forget_beyond(self, ttl: int) -> None:
-        """The route now ends at ``ttl``: hops beyond it keep their rows, marked inactive."""
-        for t, rows in self._hops.items():
-            if t > ttl:
-                for r in rows.values():
-                    r.active = False
 
     def _trim(self, rows: dict[IPAddress | None, _Responder]) -> None:
         if len(rows) <= MAX_RESPONDERS:

@@ -275,9 +275,7 @@ def parse_icmp(data: bytes, v6: bool) -> IcmpMessage:
         if typ == PARAMETER_PROBLEM6:
             return _error(ErrorKind.PARAMETER_PROBLEM, typ, code, None, (a << 16) | b, data)
         if typ == REDIRECT6:
-            return _error(
-                ErrorKind.REDIRECT, typ, code, None, 0, data, quote_at=_REDIRECT6_QUOTE
-            )
+            return _error(ErrorKind.REDIRECT, typ, code, None, 0, data, quote_at=_REDIRECT6_QUOTE)
         return OtherIcmp(typ, code)
     if typ in (ECHO_REPLY4, ECHO_REQUEST4):
         return Echo(typ == ECHO_REPLY4, a, b, bytes(data[8:]), ck)
