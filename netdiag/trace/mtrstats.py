@@ -13,7 +13,9 @@ responders only, instead of being averaged over the hop as mtr does. A timeout o
 never reached anything at that TTL goes to the hop's ``None`` responder (mtr's ``???``).
 
 **Route changes** (:class:`RouteChange`) are reported per TTL when the set of responders
-changes: an address *appears* the first time it answers at a TTL (or again after it vanished);
+changes: an address *appears* when a flow that reached another address at a TTL now reaches
+it, or when it answers again after it vanished (a flow answered for the first time only shows
+what was there: its earlier probes were lost, or it is new);
 an address *vanishes* when the flows that used to reach it were answered by others in a round
 (the path moved), when the route now ends (arrival, unreachable) before its TTL, or when it has
 been silent for ``grace`` rounds in a row while its hop answered.
@@ -306,11 +308,16 @@ class PathStats:
                     moved.add(before)
                 self._paths[key] = p.addr
                 row = rows.get(p.addr)
-                if row is None or not row.active:
-                    if row is None:
-                        row = rows[p.addr] = _Responder(p.addr, rnd)
+                if row is None:
+                    row = rows[p.addr] = _Responder(p.addr, rnd)
+                    # news only if the flow went elsewhere before: a flow answered for the first
+                    # time (its earlier probes lost, or a new flow) shows what was there
+                    if before is not None and p.addr not in appeared:
+                        appeared.append(p.addr)
+                elif not row.active:
                     row.active = True
-                    appeared.append(p.addr)
+                    if p.addr not in appeared:
+                        appeared.append(p.addr)
                 row.probe(p.flow, p.rtt, True)
                 row.seen = rnd
                 row.silent = 0
