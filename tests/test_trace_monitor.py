@@ -19,7 +19,7 @@ from netdiag import Trace
 from netdiag.trace import Hop, TraceProbe, monitor_cli
 from netdiag.trace import __main__ as trace_cli
 from netdiag.trace.monitor import Monitor, Snapshot
-from netdiag.trace.mtrstats import HISTORY, PathStats, RunningStats
+from netdiag.trace.mtrstats import HISTORY, PathStats, RouteChange, RunningStats
 from netdiag.trace.report import report_dict, report_lines
 
 A = ipaddress.ip_address
@@ -349,3 +349,31 @@ def test_cli_count_needs_rounds_and_live_needs_the_extra(
     with pytest.raises(SystemExit) as e:
         trace_cli.main(["--live", "--report", "127.0.0.1"])
     assert e.value.code == 2
+
+
+# -- the live view's rendering (rich, from the test extra) -----------------------------------
+
+
+def test_live_render_and_sparkline() -> None:
+    from rich.console import Console
+
+    from netdiag.trace.live import render, sparkline
+
+    line = sparkline([0.001, None, 0.002, 0.003])
+    assert line.plain == "▁·▄█"
+    assert sparkline([0.002, 0.002]).plain == "▁▁"
+    assert len(sparkline([0.001] * 50).plain) == 20
+    snap = _snapshot()
+    console = Console(width=140, record=True, color_system=None)
+    console.print(render(snap, numeric=True, paused=True, host="src"))
+    text = console.export_text()
+    assert "round 4, 4 flows/hop" in text and "[PAUSED]" in text
+    assert "└ 10.0.3.2" in text and "10.0.4.2 (gone)" in text
+    assert "Route changes:" not in text  # no events in this snapshot
+    assert "q quit" in text
+    changed = replace(snap, events=(RouteChange(3, 2, (), (R2A,)), RouteChange(4, 3, (R3B,))))
+    console = Console(width=140, record=True, color_system=None)
+    console.print(render(changed, numeric=True, paused=False, host="src"))
+    text = console.export_text()
+    assert "round 3 hop 2: -10.0.2.2" in text and "round 4 hop 3: +10.0.5.2" in text
+    assert "PAUSED" not in text

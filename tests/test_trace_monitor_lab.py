@@ -49,22 +49,24 @@ async def monitor(lab: Lab, trace: Trace, rounds: int, every: float = 0.05) -> l
             return [s async for s in tracer.monitor(trace, rounds=rounds, every=every)]
 
 
-async def test_loss_on_one_branch_shows_on_its_responders_only(clean_lab: Lab) -> None:
+@pytest.mark.parametrize("v", [4, 6])
+async def test_loss_on_one_branch_shows_on_its_responders_only(clean_lab: Lab, v: int) -> None:
     lab = clean_lab
     lab.nft("r2a", DROP_HALF)
     # 16 flows, not the MDA: its 95 % confidence misses a branch one run in 30
-    snaps = await monitor(lab, Trace(lab.dst.v4, expiry=0.3, flows=16), rounds=10)
+    snaps = await monitor(lab, Trace(lab.dst.addr(v), expiry=0.3, flows=16), rounds=10)
     forwarded, dropped = nft_counters(lab, "r2a")
     last = snaps[-1]
     assert last.round == 10 and last.reached and last.flows == 16
     rows = {(h.ttl, r.addr): r for h in last.hops for r in h.responders}
-    r2a, r2b = lab.r2a.on("r1"), lab.r2b.on("r1")
-    r3a, r3b = lab.r3.on("r2a"), lab.r3.on("r2b")
-    dst = lab.dst.v4
+    r1 = lab.r1.on("src", v)
+    r2a, r2b = lab.r2a.on("r1", v), lab.r2b.on("r1", v)
+    r3a, r3b = lab.r3.on("r2a", v), lab.r3.on("r2b", v)
+    dst = lab.dst.addr(v)
     named = {k for k in rows if k[1] is not None}
-    assert named == {(1, lab.r1.on("src")), (2, r2a), (2, r2b), (3, r3a), (3, r3b), (4, dst)}
+    assert named == {(1, r1), (2, r2a), (2, r2b), (3, r3a), (3, r3b), (4, dst)}
     # Nothing lost before r2a forwards, nor on branch b.
-    for key in [(1, lab.r1.on("src")), (2, r2a), (2, r2b), (3, r3b)]:
+    for key in [(1, r1), (2, r2a), (2, r2b), (3, r3b)]:
         assert rows[key].received == rows[key].sent > 0, key
     assert rows[(3, r3a)].received < rows[(3, r3a)].sent
     flows_a = set(rows[(2, r2a)].flows)
