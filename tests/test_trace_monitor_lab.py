@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -151,7 +153,28 @@ def test_live_without_a_terminal_prints_a_report_per_round(lab: Lab) -> None:
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     heads = [ln for ln in r.stdout.splitlines() if ln.startswith("Target: ")]
-    assert [h.split(", ")[1] for h in heads] == ["1 rounds", "2 rounds", "3 rounds"]
+    assert [h.split(", ")[1] for h in heads] == ["1 round", "2 rounds", "3 rounds"]
+
+
+def test_report_ctrl_c_prints_what_was_measured(lab: Lab) -> None:
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    argv = ["ip", "netns", "exec", lab.ns("src"), sys.executable, "-m", "netdiag.trace", "-r",
+            "-c", "100000", "-n", "-i", "0.1", "-w", "0.3", str(lab.dst.v4)]  # fmt: skip
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        time.sleep(2.0)  # a few rounds
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    (target,) = [ln for ln in out.splitlines() if ln.startswith("Target: ")]
+    rounds = int(target.split(", ")[1].split()[0])
+    assert 1 <= rounds < 100000
+    assert any(ln.startswith("HOST:") for ln in out.splitlines())
+    assert str(lab.dst.v4) in out and "Traceback" not in err
 
 
 # -- the live view in a real terminal ----------------------------------------------------

@@ -171,4 +171,3 @@ class Scheduler:
     def close(self) -> None:
         self._heap.clear()
         self._closed = 0
-

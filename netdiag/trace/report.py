@@ -75,7 +75,10 @@ def report_lines(
     if start:
         lines.append(f"Start: {start}")
     what = snap.protocol if snap.protocol == "icmp" else f"{snap.protocol} port {snap.port}"
-    lines.append(f"Target: {snap.target} ({what}), {snap.round} rounds, {snap.flows} flows per hop")
+    lines.append(
+        f"Target: {snap.target} ({what}), {snap.round} round{'s' if snap.round != 1 else ''}, "
+        f"{snap.flows} flow{'s' if snap.flows != 1 else ''} per hop"
+    )
     lines.append(
         head.ljust(width) + "".join(c.rjust(w) for c, w in zip(COLUMNS, _WIDTHS, strict=True))
     )
