@@ -10,10 +10,12 @@ skip into a failure so a misconfigured runner cannot go green by skipping.
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -78,3 +80,42 @@ def dst_listener(lab: Lab) -> Iterator[int]:
         yield s.getsockname()[1]
     finally:
         s.close()
+
+
+# -- network safety net ------------------------------------------------------------------------
+# Lab addresses (198.18.0.0/15, 2001:db8::/32) exist only inside the lab's namespaces. A socket
+# opened in the host's namespace that sends to one would leave through the host's real routes
+# (it happened once, in a test that created its Tracer outside `lab.enter`). Every ProbeSocket
+# remembers the network namespace it was opened in; sending to a lab address from the host's
+# namespace fails the test instead of leaving the machine.
+
+_HOST_NETNS = os.stat("/proc/self/ns/net").st_ino
+_LAB_PREFIXES = ("198.18.", "198.19.", "2001:db8:")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _lab_traffic_stays_in_the_lab() -> Iterator[None]:
+    from netdiag.sock import ProbeSocket
+
+    original_init = ProbeSocket.__init__
+    original_send = ProbeSocket.send_nowait
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        self._netns_ino = os.stat("/proc/thread-self/ns/net").st_ino
+
+    def send_nowait(self: Any, data: bytes, dst: str, *args: Any, **kwargs: Any) -> int:
+        if dst.startswith(_LAB_PREFIXES) and getattr(self, "_netns_ino", None) == _HOST_NETNS:
+            raise AssertionError(
+                f"a socket opened in the host's network namespace sent to the lab address {dst}: "
+                "open netdiag objects inside `with lab.enter(node):`"
+            )
+        return original_send(self, data, dst, *args, **kwargs)
+
+    ProbeSocket.__init__ = init  # type: ignore[method-assign]
+    ProbeSocket.send_nowait = send_nowait  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        ProbeSocket.__init__ = original_init  # type: ignore[method-assign]
+        ProbeSocket.send_nowait = original_send  # type: ignore[method-assign]
