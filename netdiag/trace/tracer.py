@@ -155,6 +155,7 @@ class Tracer(Diagnostic):
             s.sent,
             s.late,
             elapsed,
+            s.planner.past_route(),
         )
 
     def trace(self, trace: Trace) -> AsyncIterator[Hop]:
