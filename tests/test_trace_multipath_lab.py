@@ -19,6 +19,8 @@ Every flow's path must be real: each link the trace reports is one the brute for
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -167,3 +169,41 @@ async def test_complete_hop_sets_and_links(
             assert r.sent == sum(len(h.probes) + len(h.beyond) for h in r.hops) + len(r.past)
             return
     pytest.fail(f"{name}: three MDA runs at 99 % all missed part of {want}: last {got}")
+
+
+def test_cli_text_json_and_dot(mlab: tuple[str, Lab]) -> None:
+    """The CLI on each topology: the text marks a destination that some flows reached while
+    others went on; ``--json`` has every probe (``sent`` = the probes in hops + those past the
+    route), ``elapsed`` and the graph; ``--dot`` one node per responder and TTL, an edge per
+    link."""
+    _, lab = mlab
+    dst = str(lab.dst.addr(4))
+    _, reached_at, _ = truth(lab.topology, 4)
+
+    def cli(*flags: str) -> str:
+        p = lab.exec("src", sys.executable, "-m", "netdiag.trace", "-n", "--mda", "99", *flags, dst)
+        return p.stdout
+
+    text = cli().splitlines()[1:]
+    early = [line for line in text if dst in line and "reached]" in line]
+    if len(reached_at) > 1:
+        # the first arrival TTL's line shows the destination beside the router that went on
+        assert early and early[0].split()[0] == str(min(reached_at))
+    else:
+        assert not early
+    assert text[-1].split()[:2] == [str(max(reached_at)), dst]
+
+    doc = json.loads(cli("--json"))
+    in_hops = sum(len(h["probes"]) + len(h["beyond"]) for h in doc["hops"])
+    assert doc["sent"] == in_hops + len(doc["past"]) and doc["elapsed"] > 0
+    assert set(doc["arrivals"].values()) <= reached_at and doc["reached"]
+    assert doc["links"] and all(k["ttl"] < len(doc["hops"]) for k in doc["links"])
+    nodes = {(n["ttl"], n["addr"]) for n in doc["nodes"]}
+    assert {(k["ttl"], k["src"]) for k in doc["links"]} <= nodes
+    assert {(k["ttl"] + 1, k["dst"]) for k in doc["links"]} <= nodes
+
+    dot = cli("--dot")
+    assert dot.startswith("digraph") and dot.rstrip().endswith("}")
+    for h in doc["hops"]:
+        for r in h["responders"]:
+            assert f'"{h["ttl"]}/{r["addr"]}" [label=' in dot
