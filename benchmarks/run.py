@@ -828,6 +828,10 @@ class Bench:
         95 %, every hop answering at once; plus traceroute's wall time for scale."""
         with Lab() as diamond:  # the DIAMOND topology: src - r1 - {r2a|r2b} - r3 - dst
             dst = str(diamond.dst.v4)
+            # What a complete route shows per TTL: ICMP takes one branch in this lab (Linux does
+            # not hash echo ids), UDP both. A trace that found less is the MDA's 95 % miss
+            # (probability 1/32 per UDP trace here): counted and printed, never averaged away.
+            expected = {"udp": [1, 2, 2, 1], "icmp": [1, 1, 1, 1]}
             for proto in ("udp", "icmp"):
                 argv = [self.py, str(HERE / "_netdiag_worker.py"), "trace", "--addr", dst,
                         "--proto", proto, "--count", str(repeat),
@@ -840,8 +844,17 @@ class Bench:
                 x = row.extra
                 if x:
                     row.work_wall = x["elapsed_median"]
+                    want = expected[proto]
+                    seen = x.get("hops_all", [x["hops"]])
+                    misses = [i for i, h in enumerate(seen) if h != want]
+                    counts = sorted(x["sent_all"])
                     row.note = (f"median of {x['runs']} traces, {x['sent_per_trace']} probes/trace"
-                                f", hops {x['hops']}")  # fmt: skip
+                                f" (min {counts[0]}, max {counts[-1]}), hops {want} in "
+                                f"{len(seen) - len(misses)}/{len(seen)}")  # fmt: skip
+                    if misses:
+                        row.note += f"; MISSED in traces {misses}: {[seen[i] for i in misses]}"
+                        self.log(f"trace {proto}: {len(misses)} of {len(seen)} traces found less "
+                            f"than {want}: {[seen[i] for i in misses]}")  # fmt: skip
                 self._finish(row, proc, None)
             if shutil.which("traceroute"):
                 argv = ["traceroute", "-n", "-q", "3", "-N", "32", "-w", "1", dst]
