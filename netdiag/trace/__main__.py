@@ -127,6 +127,8 @@ def hop_line(hop: Hop, numeric: bool, all_rtts: bool = False) -> str:
             parts.append(f"{cli.fmt_ms(rtt)} ms")
         if r.mark:
             parts[-1] += f" {r.mark}"
+        for stack in r.mpls:  # as traceroute -e and mtr show it
+            parts.append("[MPLS: " + "/".join(str(e) for e in stack) + "]")
         n = len(r.flows)
         went_on = r.destination and len(r.ends) < len(hop.probes) and not hop.last
         if len(hop.probes) > 1 or went_on:

@@ -445,6 +445,7 @@ class Planner:
                 next((p.mark for p in ps if p.mark), ""),
                 any(p.destination for p in ps),
                 ends=tuple(p.flow for p in ps if p.flow in h.terminal),
+                mpls=tuple(dict.fromkeys(p.mpls for p in ps if p.mpls)),
             )
             for addr, ps in groups.items()
         )

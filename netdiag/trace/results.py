@@ -10,6 +10,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
+from ..wire.icmpext import InterfaceInfo, MplsEntry
 from .options import Proto
 
 __all__ = ["Hop", "Link", "Responder", "TraceProbe", "TraceResult", "arrivals", "links", "paths"]
@@ -27,6 +28,10 @@ class TraceProbe:
     ``"packet-too-big"``, ``"parameter-problem"``). ``mark`` is traceroute's annotation
     (``!X``, ``!F-1280`` ...). ``destination`` says the target itself answered. ``reply_ttl`` is
     the TTL/hop limit the answer arrived with; ``info`` the MTU or parameter-problem pointer.
+    ``mpls`` is the label stack an MPLS router quoted in its time-exceeded or unreachable (RFC
+    4950, top entry first), ``interfaces`` the RFC 5837 interface information objects: both
+    from the message's RFC 4884 extensions (raw sockets only: the datagram mode's error queue
+    does not carry them).
     """
 
     ttl: int
@@ -38,9 +43,11 @@ class TraceProbe:
     destination: bool = False
     reply_ttl: int | None = None
     info: int = 0
+    mpls: tuple[MplsEntry, ...] = ()
+    interfaces: tuple[InterfaceInfo, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "addr": str(self.addr) if self.addr is not None else None,
             "rtt": self.rtt,
             "flow": self.flow,
@@ -49,6 +56,25 @@ class TraceProbe:
             "destination": self.destination,
             "reply_ttl": self.reply_ttl,
         }
+        if self.mpls:
+            d["mpls"] = [_mpls_dict(e) for e in self.mpls]
+        if self.interfaces:
+            d["interfaces"] = [_iface_dict(i) for i in self.interfaces]
+        return d
+
+
+def _mpls_dict(e: MplsEntry) -> dict[str, Any]:
+    return {"label": e.label, "tc": e.tc, "s": e.s, "ttl": e.ttl}
+
+
+def _iface_dict(i: InterfaceInfo) -> dict[str, Any]:
+    return {
+        "role": i.role,
+        "ifindex": i.ifindex,
+        "addr": str(i.addr) if i.addr is not None else None,
+        "name": i.name,
+        "mtu": i.mtu,
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +93,8 @@ class Responder:
     destination: bool = False
     name: str | None = None
     ends: tuple[int, ...] = ()
+    #: The distinct MPLS label stacks quoted by this interface's answers (usually one).
+    mpls: tuple[tuple[MplsEntry, ...], ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -77,6 +105,7 @@ class Responder:
             "mark": self.mark,
             "destination": self.destination,
             "ends": list(self.ends),
+            "mpls": [[_mpls_dict(e) for e in stack] for stack in self.mpls],
         }
 
 
