@@ -17,7 +17,7 @@ Asked:
 Told:
 
 * :meth:`Planner.answered` -- the first answer to a probe in flight (as the
-  :class:`~netdiag.trace.results.TraceProbe` it makes, and whether it ends the route there:
+  :class:`~netdiag.trace.results.TraceProbe` it makes, and whether it ends its flow there:
   an arrival or an unreachable). Duplicates and late answers are the caller's business.
 * :meth:`Planner.expired` -- a probe in flight got no answer in time.
 
@@ -27,26 +27,30 @@ alone: which probe goes next depends on how many are in flight.
 
 **The rules** (the design is explained in docs/trace.md, "MDA and parallel probing"):
 
-* *Flows are Paris flows, numbered from 0*: a hop's probes are flows ``0 .. sent-1`` in that
-  order, so flow ``f`` keeps its number (and its flow id on the wire) at every TTL.
+* *Flows are Paris flows, numbered from 0*: flow ``f`` keeps its number (and its flow id on
+  the wire) at every TTL; each TTL gets the lowest flows eligible there.
+* *Per-flow reach*: a flow ends at its own terminal answer (arrival or unreachable); its probes
+  at deeper TTLs count for no hop (``Hop.beyond``). Once some flow ended below a TTL, only
+  flows known to go on (a router's answer or silence at the TTL before) are sent there.
 * *The scout*: flow 0 probes TTLs ``first_ttl .. first_ttl + reach - 1`` at once; a router's
   answer (or silence) from the deeper half of that range pushes the reach to ``ttl + reach``
-  (never past ``max_ttl``).
-* *The horizon*: ``max_ttl`` until a terminal answer (arrival, unreachable) lowers it to that
-  answer's TTL; nothing beyond it is planned, and the hop at the horizon is the last one.
+  (never past ``max_ttl``). A TTL whose scout's flow had ended gets the lowest eligible flow.
 * *The MDA's flows*: a hop gets flows beyond the scout's only once it is *open*: a deeper hop
-  answered as a router (so it is on the route), or its own scout probe was answered or expired.
-  Then its *quota* is :func:`~netdiag.wire.trace.mda_probes` for the interfaces seen so far
-  (capped at ``max_flows``), or exactly ``flows`` when fixed -- except at the destination's
-  hop: once only the target answered at the horizon, the answers in settle it.
-* *Settled*: every probe sent to the hop answered or expired and its quota sent; hops are
-  emitted strictly in TTL order.
+  answered as a router, or one of its own probes was answered or expired. Then its *quota* is
+  :func:`~netdiag.wire.trace.mda_probes` for the interfaces seen so far, routers and the target
+  alike (capped at ``max_flows``), or exactly ``flows`` flows, each to its own end, when fixed.
+* *Coverage*: every router interface at ``ttl - 1`` gets a flow through it probed at ``ttl``
+  (a second try after a timeout), so a branch that goes on beside one that arrived is seen.
+  Where only the target answered, coverage is all the hop needs (the destination's hop).
+* *Settled*: every probe sent to the hop answered or expired and the rules met; hops are
+  emitted strictly in TTL order. The *last* hop is the first where only terminal answers came
+  (no flow went on), or ``max_ttl``; :attr:`Planner.horizon` becomes its TTL.
 * *Waves*: probes are planned in waves. A wave is the list of probes the state asks for when
-  the previous wave has been handed out: the missing scout probes within reach and, per open
-  hop, the flows it is short of its quota, in TTL order. Each entry is checked again when its
-  turn comes (answers meanwhile may have settled its hop, or lowered the horizon below it);
-  flows the state asks for meanwhile go into the next wave. This batching fixes the order in
-  which probes leave, which the probe counts pinned in the tests depend on.
+  the previous wave has been handed out: the scouts within reach and, per open hop, the flows
+  it is short of its quota and its coverage, in TTL order. Each entry is checked again when
+  its turn comes (answers meanwhile may have made it unneeded, or ended its flow); probes the
+  state asks for meanwhile go into the next wave. This batching fixes the order in which
+  probes leave, which the probe counts pinned in the tests depend on.
 """
 
 from __future__ import annotations
