@@ -866,6 +866,55 @@ class Bench:
                 row.note = f"wall = process, {len(hops)} hops x 3 probes, one flow per probe"
                 self._finish(row, proc, None)
 
+    def trace_topologies(self, repeat: int) -> None:
+        """Issue 13's comparison: netdiag's MDA (95 %, UDP) against scamper's ``tracelb`` on the
+        lab diamond and the multipath topologies of tests/test_trace_multipath_lab.py (unequal
+        branches, 4-way ECMP, diamonds in series), probes per trace and completeness against the
+        hop sets the routes give; the scamper rows only where Debian's ``scamper`` is installed.
+        """
+        from test_trace_multipath_lab import TOPOLOGIES, truth
+
+        from netdiag.testing.lab import DIAMOND
+
+        for name, topo in {"diamond": DIAMOND, **TOPOLOGIES}.items():
+            counts, _, _ = truth(topo, 4)
+            want = [counts[t] for t in sorted(counts)]
+            with Lab(topo) as lab:
+                dst = str(lab.dst.v4)
+                argv = [self.py, str(HERE / "_netdiag_worker.py"), "trace", "--addr", dst,
+                        "--proto", "udp", "--count", str(repeat),
+                        "--expiry", "1.0", "--deadline", str(self.args.deadline)]  # fmt: skip
+                row = Row("netdiag", f"multipath {name} udp", 0)
+                proc = run_in(lab, "src", argv, timeout=self.args.deadline + 10,
+                              label=f"trace {name}", ticker=self.progress)  # fmt: skip
+                self._parse_worker(row, proc)
+                row.probes = row.sent
+                x = row.extra
+                if x:
+                    row.work_wall = x["elapsed_median"]
+                    seen = x.get("hops_all", [x["hops"]])
+                    misses = sum(1 for h in seen if h != want)
+                    counts_ = sorted(x["sent_all"])
+                    row.note = (f"{counts_[len(counts_) // 2]} probes/trace (min {counts_[0]}, "
+                                f"max {counts_[-1]}), hops {want} in {len(seen) - misses}/"
+                                f"{len(seen)}")  # fmt: skip
+                    if misses:
+                        self.log(f"trace {name}: {misses} of {len(seen)} traces incomplete")
+                self._finish(row, proc, None)
+                if not shutil.which("scamper"):
+                    continue
+                argv = ["scamper", "-O", "json", "-c", "tracelb -P udp-sport -c 95", "-i", dst]
+                row = Row("scamper", f"multipath {name} udp", 0)
+                proc = run_in(lab, "src", argv, timeout=120, label=f"scamper {name}")
+                for line in proc.stdout.splitlines():
+                    with contextlib.suppress(ValueError):
+                        d = json.loads(line)
+                        if d.get("type") == "tracelb":
+                            row.probes = row.sent = row.received = int(d["probec"])
+                            row.note = (f"tracelb -P udp-sport -c 95: probec {d['probec']}, "
+                                        f"links {d.get('linkc')}")  # fmt: skip
+                self._finish(row, proc, None)
+
     # -- knock ---------------------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -1259,6 +1308,8 @@ def main() -> int:
         if "trace" not in args.skip:
             log("== trace (ECMP diamond lab)")
             bench.trace("trace diamond", 3 if args.quick else 10)
+            log("== multipath (issue 13's topologies; scamper tracelb where installed)")
+            bench.trace_topologies(3 if args.quick else 10)
         if args.profile:
             n_, k_ = shapes[0]
             stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
