@@ -264,15 +264,16 @@ class Planner:
 
     def _eligible(self, ttl: int, flow: int) -> bool:
         """May flow ``flow`` be probed at ``ttl``? Not twice, not past its own end, and -- once
-        some flow has ended below ``ttl`` -- only if it is known to go on: its probe at
+        some flow has ended at or below ``ttl`` -- only if it is known to go on: its probe at
         ``ttl - 1`` came back as a router's answer or as silence. Before any flow ended there,
-        flows are sent ahead speculatively (the scout, and the MDA's waves)."""
+        flows are sent ahead speculatively (the scout, and the MDA's waves). (At ``ttl``
+        itself too: a flow that ended there may have ended lower, answers come in any order.)"""
         h = self._hops.get(ttl)
         if h is not None and flow in h.sent:
             return False
         if not self._counts(ttl, flow):
             return False
-        if ttl == self.first_ttl or self._first_end >= ttl:
+        if ttl == self.first_ttl or self._first_end > ttl:
             return True
         prev = self._hops.get(ttl - 1)
         return prev is not None and flow in prev.answers and flow not in prev.terminal
