@@ -141,11 +141,14 @@ def layered(
     def net(ttl: int, flow: int) -> Answer | None:
         if ttl in silent or lost(ttl, flow):
             return None
-        if unreachable is not None and ttl >= unreachable and unreachable < depth:
-            # the refusing interface refuses the flow whatever its TTL (it never gets further)
-            if _hash(seed, unreachable, flow) % widths[unreachable - 1] == 0:
-                addr = f"198.18.{100 + unreachable}.1"
-                return Answer(addr, delay(ttl, flow), "unreachable", True, False, "!X")
+        # the refusing interface refuses its flows whatever their TTL (they never get further)
+        if (
+            unreachable is not None
+            and unreachable <= min(ttl, depth - 1)
+            and _hash(seed, unreachable, flow) % widths[unreachable - 1] == 0
+        ):
+            addr = f"198.18.{100 + unreachable}.1"
+            return Answer(addr, delay(ttl, flow), "unreachable", True, False, "!X")
         if ttl >= depth:
             return Answer(str(DST), delay(ttl, flow), "unreachable", True, True)
         branch = _hash(seed, ttl, flow) % widths[ttl - 1]
