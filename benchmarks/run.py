@@ -828,6 +828,10 @@ class Bench:
         95 %, every hop answering at once; plus traceroute's wall time for scale."""
         with Lab() as diamond:  # the DIAMOND topology: src - r1 - {r2a|r2b} - r3 - dst
             dst = str(diamond.dst.v4)
+            # What a complete route shows per TTL: ICMP takes one branch in this lab (Linux does
+            # not hash echo ids), UDP both. A trace that found less is the MDA's 95 % miss
+            # (probability 1/32 per UDP trace here): counted and printed, never averaged away.
+            expected = {"udp": [1, 2, 2, 1], "icmp": [1, 1, 1, 1]}
             for proto in ("udp", "icmp"):
                 argv = [self.py, str(HERE / "_netdiag_worker.py"), "trace", "--addr", dst,
                         "--proto", proto, "--count", str(repeat),
@@ -840,8 +844,17 @@ class Bench:
                 x = row.extra
                 if x:
                     row.work_wall = x["elapsed_median"]
+                    want = expected[proto]
+                    seen = x.get("hops_all", [x["hops"]])
+                    misses = [i for i, h in enumerate(seen) if h != want]
+                    counts = sorted(x["sent_all"])
                     row.note = (f"median of {x['runs']} traces, {x['sent_per_trace']} probes/trace"
-                                f", hops {x['hops']}")  # fmt: skip
+                                f" (min {counts[0]}, max {counts[-1]}), hops {want} in "
+                                f"{len(seen) - len(misses)}/{len(seen)}")  # fmt: skip
+                    if misses:
+                        row.note += f"; MISSED in traces {misses}: {[seen[i] for i in misses]}"
+                        self.log(f"trace {proto}: {len(misses)} of {len(seen)} traces found less "
+                            f"than {want}: {[seen[i] for i in misses]}")  # fmt: skip
                 self._finish(row, proc, None)
             if shutil.which("traceroute"):
                 argv = ["traceroute", "-n", "-q", "3", "-N", "32", "-w", "1", dst]
@@ -851,6 +864,55 @@ class Bench:
                 row.probes = row.sent = 3 * len(hops)
                 row.received = sum(ln.count(" ms") for ln in hops)
                 row.note = f"wall = process, {len(hops)} hops x 3 probes, one flow per probe"
+                self._finish(row, proc, None)
+
+    def trace_topologies(self, repeat: int) -> None:
+        """Issue 13's comparison: netdiag's MDA (95 %, UDP) against scamper's ``tracelb`` on the
+        lab diamond and the multipath topologies of tests/test_trace_multipath_lab.py (unequal
+        branches, 4-way ECMP, diamonds in series), probes per trace and completeness against the
+        hop sets the routes give; the scamper rows only where Debian's ``scamper`` is installed.
+        """
+        from test_trace_multipath_lab import TOPOLOGIES, truth
+
+        from netdiag.testing.lab import DIAMOND
+
+        for name, topo in {"diamond": DIAMOND, **TOPOLOGIES}.items():
+            counts, _, _ = truth(topo, 4)
+            want = [counts[t] for t in sorted(counts)]
+            with Lab(topo) as lab:
+                dst = str(lab.dst.v4)
+                argv = [self.py, str(HERE / "_netdiag_worker.py"), "trace", "--addr", dst,
+                        "--proto", "udp", "--count", str(repeat),
+                        "--expiry", "1.0", "--deadline", str(self.args.deadline)]  # fmt: skip
+                row = Row("netdiag", f"multipath {name} udp", 0)
+                proc = run_in(lab, "src", argv, timeout=self.args.deadline + 10,
+                              label=f"trace {name}", ticker=self.progress)  # fmt: skip
+                self._parse_worker(row, proc)
+                row.probes = row.sent
+                x = row.extra
+                if x:
+                    row.work_wall = x["elapsed_median"]
+                    seen = x.get("hops_all", [x["hops"]])
+                    misses = sum(1 for h in seen if h != want)
+                    counts_ = sorted(x["sent_all"])
+                    row.note = (f"{counts_[len(counts_) // 2]} probes/trace (min {counts_[0]}, "
+                                f"max {counts_[-1]}), hops {want} in {len(seen) - misses}/"
+                                f"{len(seen)}")  # fmt: skip
+                    if misses:
+                        self.log(f"trace {name}: {misses} of {len(seen)} traces incomplete")
+                self._finish(row, proc, None)
+                if not shutil.which("scamper"):
+                    continue
+                argv = ["scamper", "-O", "json", "-c", "tracelb -P udp-sport -c 95", "-i", dst]
+                row = Row("scamper", f"multipath {name} udp", 0)
+                proc = run_in(lab, "src", argv, timeout=120, label=f"scamper {name}")
+                for line in proc.stdout.splitlines():
+                    with contextlib.suppress(ValueError):
+                        d = json.loads(line)
+                        if d.get("type") == "tracelb":
+                            row.probes = row.sent = row.received = int(d["probec"])
+                            row.note = (f"tracelb -P udp-sport -c 95: probec {d['probec']}, "
+                                        f"links {d.get('linkc')}")  # fmt: skip
                 self._finish(row, proc, None)
 
     # -- knock ---------------------------------------------------------------------------------
@@ -1246,6 +1308,8 @@ def main() -> int:
         if "trace" not in args.skip:
             log("== trace (ECMP diamond lab)")
             bench.trace("trace diamond", 3 if args.quick else 10)
+            log("== multipath (issue 13's topologies; scamper tracelb where installed)")
+            bench.trace_topologies(3 if args.quick else 10)
         if args.profile:
             n_, k_ = shapes[0]
             stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")

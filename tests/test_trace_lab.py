@@ -78,14 +78,22 @@ def check_diamond(lab: Lab, r: TraceResult, v: int) -> None:
     assert r.late == 0
     for h in r.hops[:3]:  # the MDA stopping rule, per hop, exactly
         assert len({p.flow for p in h.probes}) == len(h.probes) == mda_probes(len(h.addrs))
-    # The destination's hop is settled by the scout's answer (no MDA there: every flow would
-    # reach the same host). Before the adaptive reach it got 6 flows, and this test said so.
-    assert len(r.hops[3].probes) == 1
+    # The destination's hop gets one flow through each interface of hop 3 (no MDA there: every
+    # flow through an interface that leads to the destination reaches the same host; but a
+    # branch going on beside it would show). Before the adaptive reach it got 6 flows.
+    assert len(r.hops[3].probes) == len(r.hops[2].addrs)
+    assert {p.flow for p in r.hops[3].probes} <= {p.flow for p in r.hops[2].probes}
     # Probes: exactly the MDA's per hop, plus the scout's look-ahead beyond the destination
-    # (TTLs 5..DEFAULT_REACH, one probe each) -- nothing else is spent.
+    # (TTLs 5..DEFAULT_REACH, one probe each) -- nothing else is spent, and every probe sent is
+    # in the result (the look-ahead in ``past``).
     in_hops = sum(len(h.probes) for h in r.hops)
-    assert in_hops == sum(mda_probes(len(h.addrs)) for h in r.hops[:3]) + 1
-    assert in_hops <= r.sent <= in_hops + DEFAULT_REACH - 4
+    assert in_hops == sum(mda_probes(len(h.addrs)) for h in r.hops[:3]) + len(r.hops[2].addrs)
+    assert r.sent == in_hops + len(r.past) and len(r.past) == DEFAULT_REACH - 4
+    assert all(p.flow == 0 for p in r.past)
+    # the graph: every flow's path is TTL 1..its arrival, links join consecutive TTLs
+    assert set(r.arrivals.values()) == {4}
+    for link in r.links:
+        assert link.src in r.hops[link.ttl - 1].addrs and link.dst in r.hops[link.ttl].addrs
 
 
 @pytest.mark.parametrize("v", [4, 6])
@@ -110,8 +118,8 @@ async def test_diamond_udp_tcp(
         assert all(p.destination for p in r.hops[3].probes)
         seen |= r.hops[1].addrs
         if r.hops[1].addrs == middle:
-            # 6 + 11 + 11 + 1 = 29 at the hops, + 4 scout probes beyond dst (scamper: 24)
-            assert len(r.hops[2].addrs) == 2 and r.sent <= 33
+            # 6 + 11 + 11 + 2 = 30 at the hops, + 4 scout probes beyond dst (scamper: 24)
+            assert len(r.hops[2].addrs) == 2 and r.sent == 34
             break
     assert seen == middle
 

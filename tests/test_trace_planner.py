@@ -7,7 +7,11 @@ once (hypothesis), and the probe counts pinnable exactly:
 
 * it never settles a hop before the MDA stopping rule allows (``mda_probes(k)`` flows for the
   ``k`` interfaces found, capped at ``max_flows``), except the destination's hop when only the
-  target answered there, or exactly ``flows`` flows when fixed;
+  target answered there (then one flow through each interface of the hop before), or every
+  one of ``flows`` flows still going when fixed;
+* each flow ends at its own arrival: on branches of unequal length the destination shows at
+  every TTL a flow reached it at, and routers beside it (``graph_net`` topologies, compared
+  with a brute-force ground truth, the miss rate with the MDA's confidence);
 * beyond the destination's hop only the scout's look-ahead goes: one probe of flow 0 per TTL;
 * on a diamond the counts are the published MDA table's (Augustin et al., as scamper's
   tracelb tabulates it: 6, 11, 16, 21, ... at 95 %).
@@ -137,12 +141,18 @@ def layered(
     def net(ttl: int, flow: int) -> Answer | None:
         if ttl in silent or lost(ttl, flow):
             return None
+        # the refusing interface refuses its flows whatever their TTL (they never get further)
+        if (
+            unreachable is not None
+            and unreachable <= min(ttl, depth - 1)
+            and _hash(seed, unreachable, flow) % widths[unreachable - 1] == 0
+        ):
+            addr = f"198.18.{100 + unreachable}.1"
+            return Answer(addr, delay(ttl, flow), "unreachable", True, False, "!X")
         if ttl >= depth:
             return Answer(str(DST), delay(ttl, flow), "unreachable", True, True)
         branch = _hash(seed, ttl, flow) % widths[ttl - 1]
         addr = f"198.18.{100 + ttl}.{1 + branch}"
-        if ttl == unreachable and branch == 0:
-            return Answer(addr, delay(ttl, flow), "unreachable", True, False, "!X")
         return Answer(addr, delay(ttl, flow))
 
     return net
@@ -274,10 +284,11 @@ def test_hops_come_out_in_ttl_order_only() -> None:
 @pytest.mark.parametrize(("confidence", "n1", "n2"), [(0.95, 6, 11), (0.99, 8, 15)])
 def test_probe_budget_on_the_diamond(confidence: float, n1: int, n2: int) -> None:
     """Exactly the MDA rule at each hop before the destination (n1 at r1, n2 at each
-    two-interface hop), one probe at the destination (the scout's: its hop is settled by that
-    answer), and beyond it only the scout's look-ahead, one probe per TTL.
-    95 %: 6 + 11 + 11 + 1 + 4 = 33 (scamper's tracelb: 1 + 11 + 11 + 1 = 24, because it
-    spends one probe on the first hop instead of the MDA's six; see docs/trace.md)."""
+    two-interface hop), one probe at the destination through each interface of the hop
+    before it (r3's two: the scout's, then flow 1 -- a branch that went on beside the one
+    that arrived would show there), and beyond it only the scout's look-ahead, one probe per
+    TTL. 95 %: 6 + 11 + 11 + 2 + 4 = 34 (scamper's tracelb: 1 + 11 + 11 + 1 = 24; see
+    docs/trace.md)."""
     run = simulate(Planner(confidence=confidence), diamond())
     assert [h.addrs for h in run.hops] == [
         addrs("198.18.1.1"),
@@ -286,12 +297,12 @@ def test_probe_budget_on_the_diamond(confidence: float, n1: int, n2: int) -> Non
         addrs(str(DST)),
     ]
     per = run.per_ttl
-    assert [per[t] for t in (1, 2, 3, 4)] == [n1, n2, n2, 1]
-    assert [len({p.flow for p in h.probes}) for h in run.hops] == [n1, n2, n2, 1]
+    assert [per[t] for t in (1, 2, 3, 4)] == [n1, n2, n2, 2]
+    assert [len({p.flow for p in h.probes}) for h in run.hops] == [n1, n2, n2, 2]
     assert {t: c for t, c in per.items() if t > 4} == dict.fromkeys(range(5, DEFAULT_REACH + 1), 1)
-    assert len(run.sent) == n1 + 2 * n2 + 1 + (DEFAULT_REACH - 4)
+    assert len(run.sent) == n1 + 2 * n2 + 2 + (DEFAULT_REACH - 4)
     if confidence == 0.95:
-        assert len(run.sent) == 33
+        assert len(run.sent) == 34
     assert run.last.reached and run.last.last and not any(h.last for h in run.hops[:-1])
     assert run.elapsed < 0.01  # a few 1 ms round trips (scout, then the MDA's waves)
 
@@ -306,12 +317,13 @@ def test_probe_budget_on_the_lab_diamond_with_icmp() -> None:
 @pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
 def test_counts_match_the_published_mda_table(confidence: float, k: int) -> None:
     """A diamond of width k: r1, k interfaces at TTL 2, then the destination. Every hop gets
-    exactly the table's flows for the interfaces it shows, and here all k are found."""
+    exactly the table's flows for the interfaces it shows, and here all k are found; the
+    destination's hop one flow through each of them."""
     table = MDA_95 if confidence == 0.95 else MDA_99
     run = simulate(Planner(confidence=confidence), layered([1, k], seed=7))
     h1, h2, h3 = run.hops
     assert len(h2.addrs) == k
-    assert len(h1.probes) == table[0] and len(h2.probes) == table[k - 1] and len(h3.probes) == 1
+    assert len(h1.probes) == table[0] and len(h2.probes) == table[k - 1] and len(h3.probes) == k
 
 
 @pytest.mark.parametrize(("reach", "deepest"), [(1, 4), (3, 6), (8, 8), (30, 30)])
@@ -320,10 +332,10 @@ def test_reach_bounds_the_look_ahead(reach: int, deepest: int) -> None:
     destination wasted); ``reach=1`` goes hop by hop and wastes nothing. Hops and the MDA's
     counts are the same whatever the reach."""
     run = simulate(Planner(reach=reach, max_ttl=30), diamond())
-    assert [len(h.probes) for h in run.hops] == [6, 11, 11, 1]
+    assert [len(h.probes) for h in run.hops] == [6, 11, 11, 2]
     assert run.last.reached and len(run.hops) == 4
     # reach 3: the answer from TTL 3 (the deep end) pushes the scout on to TTLs 4-6
-    assert len(run.sent) == 29 + deepest - 4
+    assert len(run.sent) == 30 + deepest - 4
     assert max(run.per_ttl) == deepest
 
 
@@ -379,13 +391,27 @@ def test_silent_hop_costs_one_expiry() -> None:
 
 
 def test_unreachable_ends_the_route_with_its_mark() -> None:
-    """An unreachable from a router lowers the horizon to its TTL: that hop is the last,
-    carries the mark, and is not ``reached``; it is still probed as the MDA says."""
-    run = simulate(Planner(), layered([1, 2, 2, 1], seed=3, unreachable=3))
+    """An unreachable from every interface at a hop ends the route there: that hop is the
+    last, carries the mark, and is not ``reached``."""
+    run = simulate(Planner(), layered([1, 2, 1, 1], seed=3, unreachable=3))
     assert [h.ttl for h in run.hops] == [1, 2, 3]
     last = run.last
     assert last.last and not last.reached and last.mark == "!X"
-    assert len(last.probes) == mda_probes(len(last.addrs))
+    assert all(p.flow in last.responders[0].ends for p in last.probes)
+
+
+def test_an_unreachable_on_one_branch_ends_only_its_flows() -> None:
+    """Interface 0 of TTL 3 answers ``!X``, interface 1 forwards: the flows through
+    interface 1 go on to the destination, those through interface 0 end at TTL 3 (the hop
+    carries the mark, and the MDA applies there, routers beside the unreachable)."""
+    run = simulate(Planner(), layered([1, 2, 2, 1], seed=3, unreachable=3))
+    assert [h.ttl for h in run.hops] == [1, 2, 3, 4, 5]
+    h3 = run.hops[2]
+    assert h3.mark == "!X" and not h3.last and len(h3.addrs) == 2
+    assert len(h3.probes) >= mda_probes(2)
+    ended = {f for r in h3.responders for f in r.ends}
+    assert ended and not ended & {p.flow for h in run.hops[3:] for p in h.probes}
+    assert run.last.reached
 
 
 # -- properties over random topologies -----------------------------------------------------------
@@ -472,39 +498,60 @@ PROPERTY = settings(max_examples=200, deadline=None, suppress_health_check=[Heal
 @PROPERTY
 @given(cases())
 def test_never_settles_a_hop_before_the_mda_rule_allows(case: Case) -> None:
-    _, run = run_case(case)
+    planner, run = run_case(case)
     kw = case.kw
     # hops: every TTL from first_ttl to the last, in order, only the last marked last
     assert [h.ttl for h in run.hops] == list(range(kw["first_ttl"], run.last.ttl + 1))
     assert run.last.last and not any(h.last for h in run.hops[:-1])
     assert run.max_in_flight <= kw["window"]
+    check_mda_rule(planner, run, kw)
+
+
+def check_mda_rule(planner: Planner, run: Run, kw: dict) -> None:
+    """Every hop got at least the flows the MDA rule asks for the interfaces it shows (or every
+    flow that could still go there), no flow twice at one TTL, and no counting probe of a flow
+    past its own end."""
+    ends = {f: t for f, t in planner.ended.items()}
+    sent_at = Counter((ttl, flow) for _, ttl, flow in run.sent)
+    assert max(sent_at.values()) == 1  # a flow once per TTL (Paris: one id per flow and TTL)
     for h in run.hops:
-        n = len(h.probes)
-        # Paris: a hop's probes are flows 0 .. n-1, each once
-        assert sorted(p.flow for p in h.probes) == list(range(n))
-        assert n == sum(1 for _, ttl, _ in run.sent if ttl == h.ttl)
-        k = len(h.addrs)
+        flows = [p.flow for p in h.probes]
+        assert len(flows) == len(set(flows))
+        assert all(ends.get(f, 1 << 16) >= h.ttl for f in flows)  # counting: not ended before
+        assert all(ends[p.flow] < h.ttl for p in h.beyond)
+        assert len(flows) + len(h.beyond) == sum(1 for (t, _) in sent_at if t == h.ttl)
+        n, k = len(flows), len(h.addrs)
+        limit = kw["flows"] if kw["flows"] is not None else kw["max_flows"]
+        prev = next((g for g in run.hops if g.ttl == h.ttl - 1), None)
+        went_on = (
+            {p.flow for p in prev.probes if p.flow < limit}
+            - {f for r in prev.responders for f in r.ends}
+            if prev is not None
+            else set(range(limit))
+        )
         if kw["flows"] is not None:
-            assert n == kw["flows"]
-        elif h.reached and h.last and k == 1:
-            assert n >= 1  # only the target answered at the destination's hop
+            # fixed: every one of the N flows still going is probed here
+            assert went_on <= set(flows), (h.ttl, went_on, flows)
+        elif h.reached and all(r.destination for r in h.responders):
+            assert n >= 1  # only the target answered at this hop
+            # ... through every interface of the hop before
+            if prev is not None:
+                for r in prev.responders:
+                    if set(r.flows) - set(r.ends):
+                        assert set(r.flows) & set(flows) or not set(r.flows) & went_on
         else:
-            # the rule for the interfaces found, exactly (k only grows, so never more)
-            assert n == min(mda_probes(max(k, 1), kw["confidence"]), kw["max_flows"])
+            need = min(mda_probes(max(k, 1), kw["confidence"]), kw["max_flows"])
+            assert n >= need or went_on <= set(flows), (h.ttl, n, need, went_on, flows)
+            assert n <= need + len(prev.responders if prev else ()) + 1
 
 
 @PROPERTY
-@given(cases(lossy=False, fixed_flows=False, unreachable=False))
+@given(cases(lossy=False))
 def test_never_sends_mda_flows_past_the_destination(case: Case) -> None:
     """Beyond the last hop only the scout goes: flow 0, one probe per TTL, and at most
-    ``reach`` TTLs past the deepest router that answered -- with answers in any order.
-
-    What this does not cover, and why (both found by this test's exploration; issue 13's
-    per-flow reach is where they belong): a *lost* scout probe at the destination's TTL looks
-    like a silent router, so that hop and the next get the MDA's flows before the destination
-    shows up; and with fixed ``flows`` (no MDA shortcut at the destination's hop), or an
-    unreachable on some branches only, a hop probed before the horizon fell below it keeps the
-    flows it was sent."""
+    ``reach`` TTLs past the deepest router that answered -- with answers in any order, fixed
+    flows and unreachables on some branches (cases the planner sent extra flows past the
+    destination in before per-flow reach). Lost probes: see the next test."""
     _, run = run_case(case)
     last = run.last.ttl
     beyond = [(ttl, flow) for _, ttl, flow in run.sent if ttl > last]
@@ -513,6 +560,22 @@ def test_never_sends_mda_flows_past_the_destination(case: Case) -> None:
     deepest_router = max([h.ttl for h in run.hops if not h.last], default=0)
     limit = max(case.kw["first_ttl"] + case.kw["reach"] - 1, deepest_router + case.kw["reach"])
     assert max(ttl for _, ttl, _ in run.sent) <= min(limit, case.kw["max_ttl"])
+
+
+@PROPERTY
+@given(cases())
+def test_past_the_destination_only_after_silence(case: Case) -> None:
+    """With loss, silence is all the planner sees: a lost scout at the destination's TTL is a
+    silent router until other probes there come back. A flow other than the scout is sent
+    past the last hop only to a TTL whose own earlier probe went unanswered, or just beyond
+    such a TTL (the silent hop's MDA flows, sent on while the silence lasted), never where
+    every probe at the TTL before answered."""
+    planner, run = run_case(case)
+    last = run.last.ttl
+    timed_out = {p.ttl for p in planner.probes if p.addr is None}
+    for _, ttl, flow in run.sent:
+        if ttl > last and flow != 0:
+            assert timed_out & {ttl, ttl - 1}, (ttl, flow, sorted(timed_out))
 
 
 @PROPERTY
@@ -533,7 +596,8 @@ def test_the_route_ends_where_it_should(case: Case) -> None:
     if last.reached:
         assert last.addrs >= {DST} and last.ttl >= depth
     elif last.mark:
-        assert last.mark == "!X" and last.ttl == case.unreachable
+        assert last.mark == "!X" and case.unreachable is not None
+        assert last.ttl >= case.unreachable  # (== unless the refusing hop was silent or lost)
     else:
         assert last.ttl == case.kw["max_ttl"]
     if case.loss == 0 and not case.silent and case.jitter < 1.0 and case.unreachable is None:
@@ -541,3 +605,161 @@ def test_the_route_ends_where_it_should(case: Case) -> None:
         assert last.reached == (depth <= case.kw["max_ttl"])
         if last.reached:
             assert last.ttl == max(depth, case.kw["first_ttl"])
+
+
+# -- the route as a graph: unequal branches, wide and nested diamonds (issue 13) ----------------
+
+#: Topologies as successor lists from the source ("src"); the address a router answers from
+#: is its ingress interface, so a router reached from two predecessors is two nodes
+#: (``r4.a``, ``r4.b``). ``DST`` ends every path.
+D = str(DST)
+TOPOLOGIES: dict[str, dict[str, tuple[str, ...]]] = {
+    # src - r1 - {r2a - r3a - r4, r2b - r4} - dst: r4 at TTL 3 and 4, dst at TTL 4 and 5
+    "unequal-by-one": {
+        "src": ("198.18.1.1",),
+        "198.18.1.1": ("198.18.2.2", "198.18.3.2"),
+        "198.18.2.2": ("198.18.4.2",),
+        "198.18.4.2": ("198.18.7.2",),
+        "198.18.3.2": ("198.18.8.2",),
+        "198.18.7.2": (D,),
+        "198.18.8.2": (D,),
+    },
+    # the long branch two hops longer: dst at TTL 4 and 6
+    "unequal-by-two": {
+        "src": ("198.18.1.1",),
+        "198.18.1.1": ("198.18.2.2", "198.18.3.2"),
+        "198.18.2.2": ("198.18.4.2",),
+        "198.18.4.2": ("198.18.9.2",),
+        "198.18.9.2": ("198.18.7.2",),
+        "198.18.3.2": ("198.18.8.2",),
+        "198.18.7.2": (D,),
+        "198.18.8.2": (D,),
+    },
+    # r1 - {4 routers} - r3 (4 ingress interfaces) - dst
+    "ecmp-4": {
+        "src": ("198.18.1.1",),
+        "198.18.1.1": tuple(f"198.18.{n}.2" for n in (2, 3, 10, 11)),
+        **{f"198.18.{n}.2": (f"198.18.{n + 20}.2",) for n in (2, 3, 10, 11)},
+        **{f"198.18.{n + 20}.2": (D,) for n in (2, 3, 10, 11)},
+    },
+    # r1 - {r2a, r2b} - r3 - {r4a, r4b} - r5 - dst
+    "diamonds-in-series": {
+        "src": ("198.18.1.1",),
+        "198.18.1.1": ("198.18.2.2", "198.18.3.2"),
+        "198.18.2.2": ("198.18.4.2",),
+        "198.18.3.2": ("198.18.5.2",),
+        "198.18.4.2": ("198.18.12.2", "198.18.13.2"),
+        "198.18.5.2": ("198.18.12.2", "198.18.13.2"),
+        "198.18.12.2": ("198.18.14.2",),
+        "198.18.13.2": ("198.18.15.2",),
+        "198.18.14.2": (D,),
+        "198.18.15.2": (D,),
+    },
+}
+
+
+def graph_path(graph: dict[str, tuple[str, ...]], seed: int, flow: int) -> list[str]:
+    """The interfaces flow ``flow`` meets at TTL 1, 2, ... up to the destination: each router
+    hashes the flow (as a Paris-respecting per-flow balancer does) to pick a successor."""
+    out, node = [], "src"
+    while node != D:
+        succ = graph[node]
+        node = succ[_hash(seed, node, flow) % len(succ)]
+        out.append(node)
+    return out
+
+
+def graph_net(graph: dict[str, tuple[str, ...]], seed: int = 0) -> Network:
+    def net(ttl: int, flow: int) -> Answer | None:
+        path = graph_path(graph, seed, flow)
+        if ttl >= len(path):
+            return Answer(D, 0.001 * len(path), "unreachable", True, True)
+        return Answer(path[ttl - 1], 0.001 * ttl)
+
+    return net
+
+
+def brute_force(net: Network, flows: int = 64, max_ttl: int = 12) -> dict[int, set[str]]:
+    """Ground truth as a user without MDA would take it: every flow at every TTL, each flow
+    cut at its first arrival. TTL -> the interfaces (the destination included) seen there."""
+    truth: dict[int, set[str]] = {}
+    for f in range(flows):
+        for ttl in range(1, max_ttl + 1):
+            a = net(ttl, f)
+            assert a is not None
+            truth.setdefault(ttl, set()).add(a.addr)
+            if a.terminal:
+                break
+    return truth
+
+
+def test_unequal_branches_show_both_arrivals_and_the_router_beside_the_destination() -> None:
+    """Issue 13's case: whichever branch the scout takes, TTL 4 shows r4 (long branch) beside
+    the destination (short branch), TTL 5 the destination again; the text of the route never
+    ends on a router beside the destination."""
+    graph = TOPOLOGIES["unequal-by-one"]
+    for seed in range(40):
+        net = graph_net(graph, seed)
+        truth = brute_force(net)
+        run = simulate(Planner(confidence=0.99), net)
+        got = {h.ttl: {str(a) for a in h.addrs} for h in run.hops}
+        if got != {t: truth[t] for t in got} or len(got) != 5:
+            assert len(got[3]) < 2 or len(got[2]) < 2, (seed, got)  # the MDA's own miss only
+            continue
+        assert got[4] == {"198.18.7.2", D} and got[5] == {D}
+        h4 = run.hops[3]
+        assert h4.reached and not h4.last and run.last.reached and run.last.ttl == 5
+
+
+def _paths_are_real(run: Run, net: Network) -> None:
+    """Every flow's reported responder at every TTL is the one the network gives it, and every
+    arrival is at the flow's own first arrival TTL (nothing beyond it counted)."""
+    from netdiag.trace.results import arrivals, paths
+
+    for f, path in paths(run.hops).items():
+        for ttl, addr in path.items():
+            a = net(ttl, f)
+            assert a is not None and addr == ipaddress.ip_address(a.addr)
+    for f, ttl in arrivals(run.hops).items():
+        first = next(t for t in range(1, 40) if (a := net(t, f)) is not None and a.terminal)
+        assert ttl == first, (f, ttl, first)
+
+
+#: Probes per topology at 95 %, seed 0 (pinned: a change in the planner's rules shows here).
+PINNED = {"unequal-by-one": 48, "unequal-by-two": 53, "ecmp-4": 56, "diamonds-in-series": 59}
+
+
+@pytest.mark.parametrize("name", sorted(TOPOLOGIES))
+def test_probe_counts_per_topology(name: str) -> None:
+    net = graph_net(TOPOLOGIES[name], 0)
+    run = simulate(Planner(), net)
+    _paths_are_real(run, net)
+    assert len(run.sent) == PINNED[name]
+
+
+@pytest.mark.parametrize("confidence", [0.95, 0.99])
+@pytest.mark.parametrize("name", sorted(TOPOLOGIES))
+def test_completeness_is_at_least_what_the_mda_promises(name: str, confidence: float) -> None:
+    """Over 100 hash seeds (100 different assignments of flows to branches), compare each
+    route with the brute-force ground truth: every flow's path is real, and the routes missing
+    an interface (at any TTL, the destination at a second TTL included) are no more than the
+    MDA's failure probability allows. The bound: each hop with k > 1 interfaces is missed with
+    probability at most 1 - confidence; a union over those hops, plus 3 standard deviations."""
+    graph = TOPOLOGIES[name]
+    runs, incomplete = 100, 0
+    hops_at_risk = 0
+    for seed in range(runs):
+        net = graph_net(graph, seed)
+        truth = brute_force(net)
+        depth = max(t for t, s in truth.items() if s != {D}) + 1
+        truth = {t: s for t, s in truth.items() if t <= depth}
+        hops_at_risk = sum(1 for s in truth.values() if len(s) > 1)
+        run = simulate(Planner(confidence=confidence), net)
+        _paths_are_real(run, net)
+        got = {h.ttl: {str(a) for a in h.addrs} for h in run.hops}
+        assert all(got[t] <= truth[t] for t in got)  # never an interface that is not there
+        if got != truth:
+            incomplete += 1
+    p = min(1.0, hops_at_risk * (1 - confidence))
+    bound = runs * p + 3 * (runs * p * (1 - p)) ** 0.5
+    assert incomplete <= bound, (incomplete, bound)

@@ -202,8 +202,11 @@ def test_sim_mda_finds_both_branches_and_follows_the_rule() -> None:
     assert r.late == 0
     flows_at = {h.ttl: len(h.probes) for h in r.hops}
     # the planner's counts, through the engine (test_trace_planner pins them without it)
-    assert flows_at == {1: MDA_95[0], 2: MDA_95[1], 3: MDA_95[1], 4: 1}
-    assert r.sent == len(fam.sent) == 33
+    # (the destination's hop: one flow through each of r3's two interfaces)
+    assert flows_at == {1: MDA_95[0], 2: MDA_95[1], 3: MDA_95[1], 4: 2}
+    assert r.sent == len(fam.sent) == 34
+    # the scout's look-ahead beyond the destination: in the result, not in any hop
+    assert {(p.ttl, p.flow) for p in r.past} == {(t, 0) for t in range(5, 9)}
     # Paris: each flow took one branch at every TTL -- its r2 and r3 agree -- and kept its
     # source port at every TTL
     for flow in range(flows_at[2]):

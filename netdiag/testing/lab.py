@@ -243,6 +243,10 @@ class Topology:
     nodes: tuple[Node, ...]
     links: tuple[Link, ...]
     _by_name: Mapping[str, Node] = field(repr=False, compare=False, default_factory=dict)
+    #: ``{router: {target: (peer, ...)}}``: the router sends traffic for ``target``'s subnets
+    #: to these peers, whatever their distance -- unequal-cost multipath (branches of different
+    #: lengths), which shortest-path routing never produces.
+    overrides: Mapping[str, Mapping[str, tuple[str, ...]]] = field(default_factory=dict)
 
     @classmethod
     def create(
@@ -250,8 +254,12 @@ class Topology:
         nodes: Sequence[str],
         links: Sequence[tuple[str, str]],
         routers: Iterable[str] = (),
+        overrides: Mapping[str, Mapping[str, Sequence[str]]] | None = None,
     ) -> Topology:
-        """Build a topology; link *i* (1-based) gets 198.18.i.0/24 and 2001:db8:i::/64."""
+        """Build a topology; link *i* (1-based) gets 198.18.i.0/24 and 2001:db8:i::/64.
+
+        ``overrides`` (``{router: {target: peers}}``) replaces a router's shortest-path next
+        hops toward ``target``'s subnets (used for branches of unequal length)."""
         if len(links) > 255:
             raise ValueError("at most 255 links")
         router_set = set(routers)
@@ -284,7 +292,18 @@ class Topology:
             node_objs.append(
                 Node(name, name in router_set, ifaces[0].v4.ip, ifaces[0].v6.ip, ifaces)
             )
-        return cls(tuple(node_objs), built, {n.name: n for n in node_objs})
+        fixed = {
+            r: {t: tuple(peers) for t, peers in targets.items()}
+            for r, targets in (overrides or {}).items()
+        }
+        for r, targets in fixed.items():
+            if r not in router_set:
+                raise ValueError(f"override for {r}, which is not a router")
+            for peers in targets.values():
+                for peer in peers:
+                    if frozenset((r, peer)) not in seen_pairs:
+                        raise ValueError(f"override: {peer} is not a neighbour of {r}")
+        return cls(tuple(node_objs), built, {n.name: n for n in node_objs}, fixed)
 
     # -- lookups -------------------------------------------------------------
 
@@ -351,6 +370,15 @@ class Topology:
         for link in self.links:
             if name in link.ends:
                 continue
+            forced = [p for e in link.ends for p in self.overrides.get(name, {}).get(e, ())]
+            if forced:
+                routes.append(
+                    (
+                        link.net(version),
+                        [(self.node(p).on(name, version), node.iface(p).name) for p in forced],
+                    )
+                )
+                continue
             gateways = [e for e in link.ends if self.node(e).router]
             if not gateways:
                 continue  # a host-host link elsewhere: unreachable by design
@@ -364,6 +392,37 @@ class Topology:
             ]
             routes.append((link.net(version), hops))
         return routes
+
+    def paths(self, src: str, dst: str, version: Version = 4) -> list[list[str]]:
+        """Every node sequence a packet from ``src`` to ``dst`` may take, following the routes
+        this topology installs (ECMP and overrides alike): the ground truth for multipath
+        traces on unequal branches, where :meth:`hop_nodes` (shortest paths) does not apply."""
+        target = self.node(dst).addr(version)
+        out: list[list[str]] = []
+
+        def walk(path: list[str]) -> None:
+            here = path[-1]
+            if here == dst:
+                out.append(path[1:])
+                return
+            if len(path) > 64:
+                raise ValueError(f"routing loop from {src} to {dst}: {path}")
+            for prefix, hops in self.routes(here, version):
+                if target in prefix:
+                    peers = {
+                        p
+                        for p in self.neighbours(here)
+                        for gw, _ in hops
+                        if self.node(p).on(here, version) == gw
+                    }
+                    for p in sorted(peers):
+                        walk([*path, p])
+                    return
+            if dst in self.neighbours(here):
+                walk([*path, dst])
+
+        walk([src])
+        return out
 
     def hop_nodes(self, src: str, dst: str) -> list[frozenset[str]]:
         """Nodes on shortest src->dst paths; element k is what TTL k+1 reaches."""

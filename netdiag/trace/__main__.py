@@ -3,15 +3,19 @@
 Flags follow traceroute where they exist: ``-I`` ICMP, ``-T`` TCP SYN, ``-U`` UDP (default),
 ``-p port``, ``-q N`` (N distinct flows per hop instead of the MDA rule), ``--mda [95|99]``,
 ``-m max_ttl``, ``-f first_ttl``, ``-w wait``, ``-N`` probes in flight, ``-n`` (no reverse DNS),
-``-4``/``-6``, ``-s source`` (address or interface), ``--json`` (one document at the end),
+``-4``/``-6``, ``-s source`` (address or interface), ``--json`` (one document at the end: the
+hops, every probe -- those past the destination too --, ``sent``, ``elapsed`` and the route as
+a graph: nodes, links, per-flow paths, arrivals), ``--dot`` (the graph for Graphviz),
 ``--unprivileged`` / ``--privileged`` (datagram mode only / raw sockets only; by default raw
 sockets if permitted, else datagram mode: UDP traces over ordinary UDP sockets, no CAP_NET_RAW).
 
 Text output is one line per hop, as traceroute prints it; several responders at one hop share
 the line, each followed by its RTTs and, with more than one flow, how many flows reached it. Like
 traceroute, every probe's RTT is shown at the destination and with ``-q N``; at hops where the MDA
-sent many flows, at most three per responder. With ``-T`` the destination says whether the port
-answered SYN-ACK (``[open]``) or RST (``[closed]``), as tcptraceroute does. Exit status: 0
+sent many flows, at most three per responder. Where some flows reached the destination and
+others went on (branches of unequal length), the destination's entry says so:
+``4  r4 ... [9 flows]  dst ... [2 flows, reached]``. With ``-T`` the destination says whether
+the port answered SYN-ACK (``[open]``) or RST (``[closed]``), as tcptraceroute does. Exit status: 0
 when the target answered, 1 when it did not, 2 on bad input or
 missing privileges (one line on stderr).
 """
@@ -25,6 +29,8 @@ from .. import cli
 from ..errors import PrivilegeError
 from ..resolve import resolve
 from . import Hop, Proto, Trace, Tracer
+from .dot import to_dot
+from .results import TraceResult
 
 PROG = "netdiag.trace"
 MAX_RTTS_SHOWN = 3
@@ -90,7 +96,9 @@ def parser() -> cli.Parser:
     )
     cli.add_family(p)
     p.add_argument("-s", dest="source", help="source address or interface name")
-    p.add_argument("--json", action="store_true", help="print one JSON document")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print one JSON document")
+    out.add_argument("--dot", action="store_true", help="print the route as a Graphviz DOT graph")
     mtr = p.add_argument_group("rounds, as mtr (netdiag/trace/monitor.py)")
     mode = mtr.add_mutually_exclusive_group()
     mode.add_argument(
@@ -146,9 +154,12 @@ def hop_line(hop: Hop, numeric: bool, all_rtts: bool = False) -> str:
             parts.append(f"{cli.fmt_ms(rtt)} ms")
         if r.mark:
             parts[-1] += f" {r.mark}"
-        if len(hop.probes) > 1:
-            n = len(r.flows)
-            parts.append(f"[{n} flow{'s' if n != 1 else ''}]")
+        for stack in r.mpls:  # as traceroute -e and mtr show it
+            parts.append("[MPLS: " + "/".join(str(e) for e in stack) + "]")
+        n = len(r.flows)
+        went_on = r.destination and len(r.ends) < len(hop.probes) and not hop.last
+        if len(hop.probes) > 1 or went_on:
+            parts.append(f"[{n} flow{'s' if n != 1 else ''}{', reached' if went_on else ''}]")
     if hop.timeouts:
         stars = hop.timeouts if all_rtts else min(hop.timeouts, MAX_RTTS_SHOWN)
         parts.append(" ".join("*" * stars))
@@ -164,6 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cli.fail(PROG, "-p does not apply to ICMP (-I)")
     if args.count is not None and not (args.report or args.live):
         cli.fail(PROG, "-c applies to --report and --live")
+    if args.dot and (args.report or args.live):
+        cli.fail(PROG, "--dot draws one trace; it does not combine with --report or --live")
     version = cli.family_of(args)
     bind = cli.bind_for(args.source)
     if args.live and sys.stdout.isatty():
@@ -193,6 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return await run_rounds(args, trace, addr, bind)
         hops: list[Hop] = []
+        whole: list[TraceResult] = []
         refused: PrivilegeError | None = None
         async with Tracer(bind, privileged=args.privileged) as tracer:
             try:
@@ -200,29 +214,43 @@ def main(argv: Sequence[str] | None = None) -> int:
             except PrivilegeError as e:  # -I/-T in datagram mode: raised outside the nursery
                 refused = e
             else:
-                await trace_with(tracer, trace, addr, hops)
+                await trace_with(tracer, trace, addr, hops, whole)
             late = tracer.late
             mode = tracer.mode
         if refused is not None:
             raise refused
+        if whole:
+            hops[:] = whole[0].hops
         reached = any(h.reached for h in hops)
+        if args.dot and whole:
+            sys.stdout.write(to_dot(whole[0], name=args.host))
         if args.json:
-            cli.print_json(
-                {
-                    "target": str(addr),
-                    "host": args.host,
-                    "protocol": proto,
-                    "port": trace.dport if proto != "icmp" else None,
-                    "mode": mode,
-                    "reached": reached,
-                    "late": late,
-                    "hops": [h.as_dict() for h in hops],
-                }
-            )
+            doc = {
+                "target": str(addr),
+                "host": args.host,
+                "protocol": proto,
+                "port": trace.dport if proto != "icmp" else None,
+                "mode": mode,
+                "reached": reached,
+                "late": late,
+                "hops": [h.as_dict() for h in hops],
+            }
+            if whole:  # sent, elapsed, past, nodes, links, paths, arrivals
+                doc |= {k: v for k, v in whole[0].as_dict().items() if k not in doc}
+            cli.print_json(doc)
         return cli.EXIT_OK if reached else cli.EXIT_FAIL
 
-    async def trace_with(tracer: Tracer, trace: Trace, addr: object, hops: list[Hop]) -> None:
+    async def trace_with(
+        tracer: Tracer, trace: Trace, addr: object, hops: list[Hop], whole: list[TraceResult]
+    ) -> None:
         cli.drop_privileges()
+        if args.json or args.dot:  # the whole route: collect() has the counters and the graph
+
+            async def collect() -> None:
+                whole.append(await tracer.collect(trace))
+
+            await cli.until_interrupted(collect)
+            return
         if not args.json:
             what = f"{proto} port {trace.dport}" if proto != "icmp" else "icmp"
             rule = f"{args.flows} flows/hop" if args.flows else f"MDA {args.mda}%"

@@ -17,7 +17,7 @@ Asked:
 Told:
 
 * :meth:`Planner.answered` -- the first answer to a probe in flight (as the
-  :class:`~netdiag.trace.results.TraceProbe` it makes, and whether it ends the route there:
+  :class:`~netdiag.trace.results.TraceProbe` it makes, and whether it ends its flow there:
   an arrival or an unreachable). Duplicates and late answers are the caller's business.
 * :meth:`Planner.expired` -- a probe in flight got no answer in time.
 
@@ -27,26 +27,30 @@ alone: which probe goes next depends on how many are in flight.
 
 **The rules** (the design is explained in docs/trace.md, "MDA and parallel probing"):
 
-* *Flows are Paris flows, numbered from 0*: a hop's probes are flows ``0 .. sent-1`` in that
-  order, so flow ``f`` keeps its number (and its flow id on the wire) at every TTL.
+* *Flows are Paris flows, numbered from 0*: flow ``f`` keeps its number (and its flow id on
+  the wire) at every TTL; each TTL gets the lowest flows eligible there.
+* *Per-flow reach*: a flow ends at its own terminal answer (arrival or unreachable); its probes
+  at deeper TTLs count for no hop (``Hop.beyond``). Once some flow ended below a TTL, only
+  flows known to go on (a router's answer or silence at the TTL before) are sent there.
 * *The scout*: flow 0 probes TTLs ``first_ttl .. first_ttl + reach - 1`` at once; a router's
   answer (or silence) from the deeper half of that range pushes the reach to ``ttl + reach``
-  (never past ``max_ttl``).
-* *The horizon*: ``max_ttl`` until a terminal answer (arrival, unreachable) lowers it to that
-  answer's TTL; nothing beyond it is planned, and the hop at the horizon is the last one.
+  (never past ``max_ttl``). A TTL whose scout's flow had ended gets the lowest eligible flow.
 * *The MDA's flows*: a hop gets flows beyond the scout's only once it is *open*: a deeper hop
-  answered as a router (so it is on the route), or its own scout probe was answered or expired.
-  Then its *quota* is :func:`~netdiag.wire.trace.mda_probes` for the interfaces seen so far
-  (capped at ``max_flows``), or exactly ``flows`` when fixed -- except at the destination's
-  hop: once only the target answered at the horizon, the answers in settle it.
-* *Settled*: every probe sent to the hop answered or expired and its quota sent; hops are
-  emitted strictly in TTL order.
+  answered as a router, or one of its own probes was answered or expired. Then its *quota* is
+  :func:`~netdiag.wire.trace.mda_probes` for the interfaces seen so far, routers and the target
+  alike (capped at ``max_flows``), or exactly ``flows`` flows, each to its own end, when fixed.
+* *Coverage*: every router interface at ``ttl - 1`` gets a flow through it probed at ``ttl``
+  (a second try after a timeout), so a branch that goes on beside one that arrived is seen.
+  Where only the target answered, coverage is all the hop needs (the destination's hop).
+* *Settled*: every probe sent to the hop answered or expired and the rules met; hops are
+  emitted strictly in TTL order. The *last* hop is the first where only terminal answers came
+  (no flow went on), or ``max_ttl``; :attr:`Planner.horizon` becomes its TTL.
 * *Waves*: probes are planned in waves. A wave is the list of probes the state asks for when
-  the previous wave has been handed out: the missing scout probes within reach and, per open
-  hop, the flows it is short of its quota, in TTL order. Each entry is checked again when its
-  turn comes (answers meanwhile may have settled its hop, or lowered the horizon below it);
-  flows the state asks for meanwhile go into the next wave. This batching fixes the order in
-  which probes leave, which the probe counts pinned in the tests depend on.
+  the previous wave has been handed out: the scouts within reach and, per open hop, the flows
+  it is short of its quota and its coverage, in TTL order. Each entry is checked again when
+  its turn comes (answers meanwhile may have made it unneeded, or ended its flow); probes the
+  state asks for meanwhile go into the next wave. This batching fixes the order in which
+  probes leave, which the probe counts pinned in the tests depend on.
 """
 
 from __future__ import annotations
@@ -64,6 +68,11 @@ __all__ = ["Planner", "Send", "mda_probes"]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
+_NEVER = 1 << 16  # a TTL beyond any: "this flow has not ended"
+
+# Why a probe is in a wave (checked again when its turn comes).
+_SCOUT, _MDA, _COVER = 0, 1, 2
+
 
 class Send(NamedTuple):
     """Send flow ``flow``'s probe with TTL ``ttl`` now."""
@@ -75,16 +84,14 @@ class Send(NamedTuple):
 class _HopState:
     """What the planner knows of one TTL while it is not settled."""
 
-    __slots__ = ("addrs", "mark", "outstanding", "probes", "reached", "sent", "ttl")
+    __slots__ = ("answers", "pending", "sent", "terminal", "ttl")
 
     def __init__(self, ttl: int) -> None:
         self.ttl = ttl
-        self.sent = 0
-        self.outstanding = 0
-        self.probes: list[TraceProbe] = []
-        self.addrs: dict[IPAddress, None] = {}  # ordered: first answer first
-        self.reached = False
-        self.mark = ""
+        self.sent: dict[int, None] = {}  # flows probed at this TTL, in order sent
+        self.pending: set[int] = set()  # of those, neither answered nor expired
+        self.answers: dict[int, TraceProbe] = {}  # flow -> its probe's outcome (timeouts too)
+        self.terminal: set[int] = set()  # flows whose answer here ends them
 
 
 class Planner:
@@ -124,16 +131,22 @@ class Planner:
 
         self._hops: dict[int, _HopState] = {}
         self._in_flight: set[tuple[int, int]] = set()
-        self._wave: deque[int] = deque()  # TTLs, one entry per probe
+        self._wave: deque[tuple[int, int, int, IPAddress | None]] = deque()
         self._settled: deque[Hop] = deque()
-        #: The last hop, exactly: ``max_ttl`` until a terminal answer lowers it.
+        #: Per flow, the TTL of its terminal answer (arrival or unreachable), the lowest if
+        #: several: the flow's probes beyond it are past *its* destination and count nowhere.
+        self.ended: dict[int, int] = {}
+        #: The lowest TTL any terminal answer came from (``_NEVER`` until one does).
+        self._first_end = _NEVER
+        #: Every probe resolved so far (answered or expired), in the order resolved -- those
+        #: past their flow's end included.
+        self.probes: list[TraceProbe] = []
+        #: The last hop: ``max_ttl`` until the hop where no flow went on is settled.
         self.horizon = max_ttl
         #: How deep probes may go for now (the destination's distance is unknown): the scout
-        #: flow probes ``first_ttl..reach``; answers from the deep end push it further.
+        #: probes ``first_ttl..reach``; answers from the deep end push it further.
         self.reach = min(first_ttl + reach - 1, max_ttl)
-        #: The deepest TTL known to lie before the end of the route (it sent a non-terminal
-        #: answer). Hops up to it may get more flows; deeper ones only once their own scout
-        #: probe is resolved, so no MDA flow is spent beyond the destination.
+        #: The deepest TTL a router answered from (so it lies before the end of some flow).
         self.known = 0
         #: The next TTL to emit as settled.
         self.next_emit = first_ttl
@@ -159,18 +172,19 @@ class Planner:
                     return None
             if self.in_flight >= self.window:
                 return None
-            ttl = wave.popleft()
+            ttl, flow, why, via = wave.popleft()
             if ttl > self.horizon:
-                wave.clear()  # and plan anew: the route ends before the rest of this wave
+                wave.clear()  # and plan anew: the route ended before the rest of this wave
                 continue
+            if not self._eligible(ttl, flow):
+                continue  # probed meanwhile, or its flow ended before this TTL
             h = self._hops.get(ttl)
-            if h is not None and h.sent >= self._quota(h):
-                continue  # answers meanwhile settled it (the destination's hop, say)
+            if h is not None and not self._still_wanted(h, why, via):
+                continue  # answers meanwhile settled what this probe was for
             if h is None:
                 h = self._hops[ttl] = _HopState(ttl)
-            flow = h.sent
-            h.sent += 1
-            h.outstanding += 1
+            h.sent[flow] = None
+            h.pending.add(flow)
             self.in_flight += 1
             self.sent += 1
             self._in_flight.add((ttl, flow))
@@ -183,34 +197,53 @@ class Planner:
         self._settled.clear()
         return out
 
+    def unresolved(self) -> list[Send]:
+        """The probes still in flight (neither answered nor expired), in TTL, flow order."""
+        return [Send(t, f) for t, f in sorted(self._in_flight)]
+
+    def past_route(self) -> tuple[TraceProbe, ...]:
+        """The probes sent beyond the last hop (the scout's look-ahead past the destination),
+        in TTL order: their outcome if it came, else kind ``"unresolved"`` (still in flight
+        when the route was complete)."""
+        past = [p for p in self.probes if p.ttl > self.horizon]
+        past += [TraceProbe(t, f, "unresolved") for t, f in self._in_flight if t > self.horizon]
+        return tuple(sorted(past, key=lambda p: (p.ttl, p.flow)))
+
+    def past_end(self, probe: TraceProbe) -> bool:
+        """Was ``probe`` sent beyond its own flow's end (its destination or unreachable at a
+        lower TTL)? Such probes count for no hop."""
+        return self.ended.get(probe.flow, _NEVER) < probe.ttl
+
     # -- told ----------------------------------------------------------------------------
 
     def answered(self, probe: TraceProbe, *, terminal: bool, now: float) -> None:
         """The first answer to the probe ``(probe.ttl, probe.flow)`` in flight. ``probe.addr``
         is who answered; ``probe.destination`` says the target did (an arrival), and
-        ``terminal`` that the answer ends the route at this TTL (an arrival or an
+        ``terminal`` that the answer ends *this flow* at this TTL (an arrival or an
         unreachable; ``probe.mark`` names the latter)."""
         if probe.addr is None:
             raise ValueError("an answer names who answered (addr is None)")
-        h = self._resolve(probe.ttl, probe.flow)
-        h.probes.append(probe)
-        h.addrs[probe.addr] = None
-        if not terminal:
-            self.known = max(self.known, probe.ttl)
-        self._extend_reach(probe.ttl, terminal)
-        if terminal and probe.ttl <= self.horizon:
-            self.horizon = probe.ttl
-            if probe.destination:
-                h.reached = True
-            elif not h.mark:
-                h.mark = probe.mark
+        ttl, flow = probe.ttl, probe.flow
+        h = self._resolve(ttl, flow)
+        h.answers[flow] = probe
+        self.probes.append(probe)
+        if terminal:
+            h.terminal.add(flow)
+            if ttl < self.ended.get(flow, _NEVER):
+                self.ended[flow] = ttl
+            self._first_end = min(self._first_end, ttl)
+        else:
+            self.known = max(self.known, ttl)
+            self._extend_reach(ttl)
         self._advance(now)
 
     def expired(self, ttl: int, flow: int, *, now: float) -> None:
         """The probe ``(ttl, flow)`` in flight got no answer in time."""
         h = self._resolve(ttl, flow)
-        h.probes.append(TraceProbe(ttl, flow, "timeout"))
-        self._extend_reach(ttl, False)
+        probe = TraceProbe(ttl, flow, "timeout")
+        h.answers[flow] = probe
+        self.probes.append(probe)
+        self._extend_reach(ttl)
         self._advance(now)
 
     # -- the rules -----------------------------------------------------------------------
@@ -221,50 +254,160 @@ class Planner:
         except KeyError:
             raise ValueError(f"no probe (ttl {ttl}, flow {flow}) in flight") from None
         h = self._hops[ttl]
-        h.outstanding -= 1
+        h.pending.discard(flow)
         self.in_flight -= 1
         return h
 
-    def _needed(self, h: _HopState) -> int:
-        """Flows hop ``h`` needs in all. The MDA rule for the interfaces seen so far -- except at
-        the destination's hop: once only the target answered there, the hop is settled with the
-        answers already in (as scamper's tracelb does): every further flow would reach the same
-        host, and the route ends there whatever hop ``d + 1`` would show."""
+    def _counts(self, ttl: int, flow: int) -> bool:
+        """Does flow ``flow``'s probe at ``ttl`` count for that hop (the flow had not ended)?"""
+        return self.ended.get(flow, _NEVER) >= ttl
+
+    def _eligible(self, ttl: int, flow: int) -> bool:
+        """May flow ``flow`` be probed at ``ttl``? Not twice, not past its own end, and -- once
+        some flow has ended at or below ``ttl`` -- only if it is known to go on: its probe at
+        ``ttl - 1`` came back as a router's answer or as silence. Before any flow ended there,
+        flows are sent ahead speculatively (the scout, and the MDA's waves). (At ``ttl``
+        itself too: a flow that ended there may have ended lower, answers come in any order.)"""
+        h = self._hops.get(ttl)
+        if h is not None and flow in h.sent:
+            return False
+        if not self._counts(ttl, flow):
+            return False
+        if ttl == self.first_ttl or self._first_end > ttl:
+            return True
+        prev = self._hops.get(ttl - 1)
+        return prev is not None and flow in prev.answers and flow not in prev.terminal
+
+    def _candidates(self, ttl: int, n: int) -> list[int]:
+        """The ``n`` lowest flows eligible at ``ttl``: flows are numbered from 0 and reused at
+        every TTL (Paris), so flow ``f`` keeps its path and its id."""
+        if n <= 0:
+            return []
+        limit = self.max_flows if self.flows is None else self.flows
+        out = []
+        for f in range(limit):
+            if self._eligible(ttl, f):
+                out.append(f)
+                if len(out) == n:
+                    break
+        return out
+
+    def _split(self, h: _HopState) -> tuple[set[IPAddress], set[IPAddress], int]:
+        """The hop's counting answers: router interfaces, terminal responders, timeouts."""
+        routers: set[IPAddress] = set()
+        ends: set[IPAddress] = set()
+        silent = 0
+        for f, p in h.answers.items():
+            if not self._counts(h.ttl, f):
+                continue
+            if p.addr is None:
+                silent += 1
+            elif f in h.terminal:
+                ends.add(p.addr)
+            else:
+                routers.add(p.addr)
+        return routers, ends, silent
+
+    def _counting_sent(self, h: _HopState) -> int:
+        return sum(1 for f in h.sent if self._counts(h.ttl, f))
+
+    def _mda_need(self, h: _HopState) -> int:
+        """Counting flows hop ``h`` needs in all, by the answers in so far: exactly ``flows``
+        when fixed; none beyond the coverage of the previous hop when only the target answered
+        (every flow there arrived: the destination's hop, as scamper's tracelb treats it);
+        else -- an unreachable too -- the MDA rule for the interfaces seen (routers and the
+        destination alike), capped at ``max_flows``."""
         if self.flows is not None:
             return self.flows
-        if h.reached and h.ttl == self.horizon and len(h.addrs) == 1:
+        routers, ends, _ = self._split(h)
+        if (
+            ends
+            and not routers
+            and all(p.destination for f, p in h.answers.items() if f in h.terminal)
+        ):
             return 0
-        return mda_probes(max(1, len(h.addrs)), self.confidence)
+        return min(mda_probes(max(1, len(routers) + len(ends)), self.confidence), self.max_flows)
 
-    def _quota(self, h: _HopState) -> int:
-        return min(self._needed(h), self.max_flows)
+    def _uncovered(self, h: _HopState) -> list[tuple[IPAddress, list[int]]]:
+        """The router interfaces of the hop before ``h`` whose successors at ``h`` nobody has
+        seen yet, each with the flows through it not yet probed at ``h``. Every interface at
+        ``ttl - 1`` gets a flow through it to ``ttl`` (so a branch that goes on beside one
+        that arrived is never cut off); a second try after a timeout, then it is given up."""
+        if self.flows is not None or h.ttl == self.first_ttl:
+            return []
+        prev = self._hops.get(h.ttl - 1)
+        if prev is None:
+            return []
+        through: dict[IPAddress, list[int]] = {}
+        for f, p in prev.answers.items():
+            if p.addr is not None and f not in prev.terminal and self._counts(prev.ttl, f):
+                through.setdefault(p.addr, []).append(f)
+        out = []
+        for addr, fs in through.items():
+            probed = [f for f in fs if f in h.sent]
+            if any(f in h.pending for f in probed):
+                continue  # one is on its way
+            if any(h.answers[f].addr is not None for f in probed):
+                continue
+            if len(probed) >= min(2, len(fs)):
+                continue
+            out.append((addr, [f for f in fs if f not in h.sent]))
+        return out
+
+    def _still_wanted(self, h: _HopState, why: int, via: IPAddress | None) -> bool:
+        if why == _SCOUT:
+            return self._counting_sent(h) == 0
+        if why == _MDA:
+            return self._counting_sent(h) < self._mda_need(h)
+        return any(addr == via for addr, _ in self._uncovered(h))
+
+    def _satisfied(self, h: _HopState) -> bool:
+        """Is hop ``h`` settled (every probe sent to it resolved, the rules met)?"""
+        if h.pending:
+            return False
+        if self.flows is not None:
+            return not self._candidates(h.ttl, 1)
+        if self._counting_sent(h) < self._mda_need(h) and self._candidates(h.ttl, 1):
+            return False
+        if self._counting_sent(h) == 0 and self._candidates(h.ttl, 1):
+            return False
+        return not any(fs for _, fs in self._uncovered(h))
 
     def _open(self, h: _HopState) -> bool:
-        """May hop ``h`` get flows beyond the scout's? Only once it is known to be on the route
-        (a deeper hop answered as a router) or its own scout probe is resolved."""
-        return h.ttl <= self.known or bool(h.probes)
+        """May hop ``h`` get flows beyond its scout? Only once it is known to be on the route
+        (a deeper hop answered as a router) or one of its own probes is resolved."""
+        return h.ttl <= self.known or bool(h.answers)
 
-    def _extend_reach(self, ttl: int, terminal: bool) -> None:
-        """When the probe at ``ttl`` is answered or expires: a router's answer (or silence) near
-        the deep end of the reach extends it, so the scout keeps ``reach`` hops ahead of what
-        is known, up to ``max_ttl``."""
-        if terminal:
-            return
+    def _extend_reach(self, ttl: int) -> None:
+        """When a probe at ``ttl`` is answered by a router or expires: near the deep end of the
+        reach, it extends it, so the scout keeps ``reach`` hops ahead, up to ``max_ttl``."""
         step = self.step
         if ttl > self.reach - max(1, step // 2) and self.reach < self.max_ttl:
             self.reach = min(ttl + step, self.max_ttl)
 
-    def _plan(self) -> list[int]:
-        """The next wave, as TTLs in order (a TTL repeated once per probe): a scout probe for
-        every TTL within reach not yet probed, and for every open, unsettled hop the flows it
-        is short of its quota."""
-        out: list[int] = []
+    def _plan(self) -> list[tuple[int, int, int, IPAddress | None]]:
+        """The next wave, as ``(ttl, flow, why, via)`` in TTL order: a scout for every TTL
+        within reach that has no counting probe yet, and for every open, unsettled hop the
+        flows it is short of its quota, and a flow through each interface of the hop before
+        whose successors are not seen yet."""
+        out: list[tuple[int, int, int, IPAddress | None]] = []
         for ttl in range(self.next_emit, min(self.horizon, self.reach) + 1):
             h = self._hops.get(ttl)
-            if h is None:
-                out.append(ttl)
-            elif self._open(h):
-                out.extend([ttl] * (self._quota(h) - h.sent))
+            if h is None or self._counting_sent(h) == 0:
+                if h is not None and h.pending:
+                    continue  # wait: its probes may yet count
+                out.extend((ttl, f, _SCOUT, None) for f in self._candidates(ttl, 1))
+                continue
+            if not self._open(h):
+                continue
+            short = self._mda_need(h) - self._counting_sent(h)
+            out.extend((ttl, f, _MDA, None) for f in self._candidates(ttl, short))
+            taken = {f for t, f, _, _ in out if t == ttl}
+            for addr, fs in self._uncovered(h):
+                f = next((f for f in fs if f not in taken and self._eligible(ttl, f)), None)
+                if f is not None:
+                    out.append((ttl, f, _COVER, addr))
+                    taken.add(f)
         return out
 
     def _advance(self, now: float) -> None:
@@ -272,33 +415,47 @@ class Planner:
         while not self.complete:
             ttl = self.next_emit
             h = self._hops.get(ttl)
-            if h is None or h.outstanding or h.sent < self._quota(h):
+            if h is None or not self._satisfied(h):
                 return
-            last = ttl >= self.horizon
-            self._settled.append(_freeze(h, last))
+            routers, ends, _ = self._split(h)
+            # The route goes on while some flow went on: a router answered (or, with no
+            # arrival at this hop, silence).
+            last = ttl >= self.max_ttl or (bool(ends) and not routers)
+            self._settled.append(self._freeze(h, last))
             self.next_emit += 1
             if last:
+                self.horizon = ttl
                 self.complete = True
                 self.finished_at = now
 
-
-def _freeze(h: _HopState, last: bool) -> Hop:
-    groups: dict[IPAddress, list[TraceProbe]] = {}
-    timeouts = 0
-    for p in h.probes:
-        if p.addr is None:
-            timeouts += 1
-        else:
-            groups.setdefault(p.addr, []).append(p)
-    responders = tuple(
-        Responder(
-            addr,
-            tuple(p.rtt for p in ps if p.rtt is not None),
-            tuple(p.flow for p in ps),
-            next((p.mark for p in ps if p.mark), ""),
-            any(p.destination for p in ps),
+    def _freeze(self, h: _HopState, last: bool) -> Hop:
+        groups: dict[IPAddress, list[TraceProbe]] = {}
+        timeouts = 0
+        counting: list[TraceProbe] = []
+        beyond: list[TraceProbe] = []
+        for f, p in h.answers.items():  # in the order answered: responders by first answer
+            if not self._counts(h.ttl, f):
+                beyond.append(p)
+                continue
+            counting.append(p)
+            if p.addr is None:
+                timeouts += 1
+            else:
+                groups.setdefault(p.addr, []).append(p)
+        responders = tuple(
+            Responder(
+                addr,
+                tuple(p.rtt for p in ps if p.rtt is not None),
+                tuple(p.flow for p in ps),
+                next((p.mark for p in ps if p.mark), ""),
+                any(p.destination for p in ps),
+                ends=tuple(p.flow for p in ps if p.flow in h.terminal),
+                mpls=tuple(dict.fromkeys(p.mpls for p in ps if p.mpls)),
+            )
+            for addr, ps in groups.items()
         )
-        for addr, ps in groups.items()
-    )
-    probes = tuple(sorted(h.probes, key=lambda p: p.flow))
-    return Hop(h.ttl, probes, responders, timeouts, last, h.reached, h.mark)
+        counting.sort(key=lambda p: p.flow)
+        beyond.sort(key=lambda p: p.flow)
+        reached = any(p.destination for p in counting)
+        mark = next((p.mark for p in counting if p.flow in h.terminal and p.mark), "")
+        return Hop(h.ttl, tuple(counting), responders, timeouts, last, reached, mark, tuple(beyond))

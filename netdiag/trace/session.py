@@ -182,6 +182,9 @@ class TraceSession(ProbeSession[_Probe, Answer]):
             reached,
             packet.ttl,
             event.info,
+            # issue 13: RFC 4884 extensions (MPLS label stack, interface information)
+            mpls=event.ext.mpls if event.ext is not None else (),
+            interfaces=event.ext.interfaces if event.ext is not None else (),
         )
         return outcome, event.terminal
 

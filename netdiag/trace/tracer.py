@@ -159,6 +159,7 @@ class Tracer(Diagnostic):
             s.sent,
             s.late,
             elapsed,
+            s.planner.past_route(),
         )
 
     async def monitor(

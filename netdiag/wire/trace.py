@@ -43,6 +43,7 @@ seen ``k`` next hops, send that many distinct flows before concluding there is n
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
 import struct
@@ -59,6 +60,7 @@ from .icmp import (
     error_from_queue,
     parse_delivered,
 )
+from .icmpext import IcmpExtensions, parse_extensions
 from .ip import IPHeader, parse_ipv4
 from .tcp import ACK, RST, SYN, build_syn, parse_tcp
 from .udp import build_udp_paris
@@ -238,6 +240,9 @@ class Reply:
     quote_ttl: int | None = None
     token: int | bytes | None = None
     addr: bytes | None = None
+    #: RFC 4884 extensions of a time-exceeded or unreachable (MPLS label stack, RFC 5837
+    #: interface information); ``None`` when there are none, or they are malformed.
+    ext: IcmpExtensions | None = None
 
     @property
     def from_destination(self) -> bool:
@@ -321,7 +326,10 @@ def classify_icmp(
         if found is None:
             return None
         key, token = found
-        return key, Reply(kind, msg.type, msg.code, msg.unreach, msg.info, msg.quote.ttl, token)
+        icmp = data[(data[0] & 0x0F) * 4 :] if ip_header and data else data
+        ext = parse_extensions(bytes(icmp), v6)
+        reply = Reply(kind, msg.type, msg.code, msg.unreach, msg.info, msg.quote.ttl, token)
+        return key, (reply if ext is None else dataclasses.replace(reply, ext=ext))
     return None
 
 
