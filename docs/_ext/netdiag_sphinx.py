@@ -1,0 +1,314 @@
+"""Sphinx glue for netdiag's docs: the API and CLI references are generated from the code.
+
+Why our own directives rather than hand-written ``autoclass`` lists: the package's internals move
+(modules split, classes renamed with deprecated aliases), so the pages must follow the *public*
+surface -- ``netdiag.__all__`` and each diagnostic's ``__all__`` -- and the CLI page must follow
+the tools' argparse parsers, so neither can drift from the code.
+
+* ``netdiag-api`` (no argument; reStructuredText, so in MyST inside ``{eval-rst}``): one section per diagnostic subpackage (``netdiag.ping``,
+  ``netdiag.trace``, ``netdiag.knock``: every subpackage of ``netdiag`` whose ``__all__`` names
+  classes), then everything else in ``netdiag.__all__``; each name documented as ``netdiag.X``
+  with autodoc.
+* ``netdiag-cli`` (no argument): every module of netdiag with a ``parser()`` function (the
+  tools' command lines), rendered as ``parser().format_help()`` at a fixed width.
+* A public class, function, method or property without a docstring is a warning, so the
+  ``-W`` build fails on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import re
+import importlib
+import inspect
+import os
+import pkgutil
+import typing
+from collections.abc import Iterator
+from types import ModuleType
+from typing import Any
+
+from docutils import nodes
+from docutils.statemachine import StringList
+from sphinx.application import Sphinx
+from sphinx.util import logging
+from sphinx.util.docutils import SphinxDirective
+from sphinx.util.nodes import nested_parse_with_titles
+
+logger = logging.getLogger(__name__)
+
+#: Width of the rendered ``--help`` text (argparse reads $COLUMNS).
+HELP_COLUMNS = 100
+
+
+def _modules(package: str = "netdiag") -> list[ModuleType]:
+    """Every module of the package, imported (sorted by name, so pages are stable)."""
+    root = importlib.import_module(package)
+    names = [package] + [
+        m.name for m in pkgutil.walk_packages(root.__path__, prefix=f"{package}.")
+    ]
+    return [importlib.import_module(n) for n in sorted(names)]
+
+
+def diagnostic_sections() -> list[tuple[str, list[str]]]:
+    """``[(subpackage, names), ...]`` then ``("netdiag", rest)``: how the API page is grouped.
+
+    A diagnostic is a direct subpackage of ``netdiag`` whose ``__all__`` holds classes; its names
+    that ``netdiag`` re-exports are documented as ``netdiag.X`` in its section.
+    """
+    top = importlib.import_module("netdiag")
+    public = list(top.__all__)
+    sections: list[tuple[str, list[str]]] = []
+    seen: set[str] = set()
+    for mod in _modules():
+        if mod.__name__.count(".") != 1 or not hasattr(mod, "__path__"):
+            continue
+        names = [
+            n for n in getattr(mod, "__all__", ()) if inspect.isclass(getattr(mod, n, None))
+        ]
+        if names:
+            sections.append((mod.__name__, names))
+            seen.update(names)
+    sections.append(("netdiag", [n for n in public if n not in seen]))
+    return sections
+
+
+class ApiDirective(SphinxDirective):
+    """Expand to autodoc directives for every public name (see the module docstring)."""
+
+    has_content = False
+
+    def run(self) -> list[nodes.Node]:
+        top = importlib.import_module("netdiag")
+        lines = [".. automodule:: netdiag", "", ".. currentmodule:: netdiag", ""]
+        for package, names in diagnostic_sections():
+            mod = importlib.import_module(package)
+            if package == "netdiag":
+                title = "Shared"
+                intro = "Names every diagnostic uses: binding, statistics, resolution, errors."
+            else:
+                title = package.split(".")[-1].capitalize()
+                doc = inspect.getdoc(mod) or ""
+                intro = doc.split("\n\n")[0].replace("\n", " ")
+                intro = f"From ``{package}`` (all re-exported by ``netdiag``). " + intro
+            lines += [title, "-" * len(title), "", intro, ""]
+            for name in names:
+                obj = getattr(mod, name)
+                if name not in top.__all__:
+                    # public in the subpackage only: document it under its own module
+                    lines += [f".. currentmodule:: {package}", ""]
+                kind = (
+                    "autoexception"
+                    if inspect.isclass(obj) and issubclass(obj, BaseException)
+                    else "autoclass"
+                    if inspect.isclass(obj)
+                    else "autofunction"
+                    if callable(obj)
+                    else "autodata"
+                )
+                lines += [f".. {kind}:: {name}"]
+                if kind in ("autoclass", "autoexception"):
+                    lines += ["   :members:", "   :undoc-members:"]
+                    if kind == "autoexception":  # which built-in errors catch it matters
+                        lines += ["   :show-inheritance:", "   :inherited-members: BaseException"]
+                    else:
+                        lines += ["   :inherited-members: object"]
+                lines += [""]
+                if name not in top.__all__:
+                    lines += [".. currentmodule:: netdiag", ""]
+        extra = referenced_types()
+        if extra:
+            title = "Types that appear in results"
+            lines += [title, "-" * len(title), "",
+                      "Not exported by ``netdiag``, but the values of some result fields and "
+                      "the bases of some classes above are of these types.", ""]  # fmt: skip
+            for cls in extra:
+                kind = "autoexception" if issubclass(cls, BaseException) else "autoclass"
+                lines += [f".. {kind}:: {cls.__module__}.{cls.__qualname__}"]
+                if issubclass(cls, enum.Enum):  # the values are the point
+                    lines += ["   :members:", "   :undoc-members:"]
+                lines += [""]
+        return self._parse(lines)
+
+    def _parse(self, lines: list[str]) -> list[nodes.Node]:
+        node = nodes.section()
+        node.document = self.state.document
+        nested_parse_with_titles(self.state, StringList(lines, source="<netdiag-api>"), node)
+        return node.children
+
+
+def public_objects() -> set[int]:
+    """ids of the objects the API page documents under a public name."""
+    found = set()
+    for package, names in diagnostic_sections():
+        mod = importlib.import_module(package)
+        found.update(id(getattr(mod, n)) for n in names)
+    return found
+
+
+def _classes_in(hint: Any) -> Iterator[type]:
+    """The classes a type hint names, ``list[X] | None`` included."""
+    if isinstance(hint, type):
+        yield hint
+    for arg in typing.get_args(hint):
+        yield from _classes_in(arg)
+
+
+#: ``:class:`~netdiag.x.Y``` and the like in a docstring: a fully qualified reference.
+_QUALIFIED_REF = re.compile(r":(?:class|exc|attr|meth|obj):`~?(netdiag\.[\w.]+)`")
+
+
+def _import_class(dotted: str) -> type | None:
+    """The class ``dotted`` names, or the class a member it names belongs to
+    (``netdiag.wire.icmp.Unreach.ADMIN`` -> ``Unreach``); None if it names no class."""
+    parts = dotted.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        try:
+            obj: Any = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        cls = None
+        for attr in parts[cut:]:
+            obj = getattr(obj, attr, None)
+            if not inspect.isclass(obj):
+                break
+            cls = obj
+        return cls
+    return None
+
+
+def referenced_types() -> list[type]:
+    """netdiag classes that public classes' fields, properties and methods are typed with (or
+    that their public members return), but that ``netdiag`` does not export -- e.g. the
+    ``ErrorKind`` of a ``PingError`` -- so that the references to them resolve."""
+    public = public_objects()
+    top = importlib.import_module("netdiag")
+    found: dict[str, type] = {}
+    for name in top.__all__:
+        obj = getattr(top, name)
+        if not inspect.isclass(obj):
+            continue
+        members = [obj] + [
+            m.fget if isinstance(m, property) else m
+            for k, m in inspect.getmembers(obj)
+            if not k.startswith("_") and (callable(m) or isinstance(m, property))
+        ]
+        for m in members:
+            for ref in _QUALIFIED_REF.findall(inspect.getdoc(m) or ""):
+                cls = _import_class(ref)
+                if cls is not None and id(cls) not in public:
+                    found[f"{cls.__module__}.{cls.__qualname__}"] = cls
+            try:
+                hints = typing.get_type_hints(m)
+            except Exception:
+                continue
+            for hint in hints.values():
+                for cls in _classes_in(hint):
+                    if cls.__module__.startswith("netdiag.") and id(cls) not in public:
+                        found[f"{cls.__module__}.{cls.__qualname__}"] = cls
+    return [found[k] for k in sorted(found)]
+
+
+def _public_bases(
+    app: Sphinx, name: str, obj: Any, options: Any, bases: list[type]
+) -> None:
+    """Show only bases a reader can look up: drop netdiag's internal base classes (the engine's
+    ``Diagnostic``, ``ProbeStats``), whose public members are documented on the subclass."""
+    public = public_objects() | {id(c) for c in referenced_types()}
+    bases[:] = [
+        b for b in bases if not getattr(b, "__module__", "").startswith("netdiag") or id(b) in public
+    ]
+
+
+def _resolve_short(app: Sphinx, env: Any, node: Any, contnode: nodes.Element) -> Any:
+    """Resolve ``:attr:`Unreach.ADMIN``` written in a module that imports ``Unreach``: a
+    Python reference that names exactly one documented object by its trailing components
+    (as a reader of that module would read it). Ambiguous or unknown names stay errors."""
+    if node.get("refdomain") != "py":
+        return None
+    target = node["reftarget"].lstrip("~.")
+    domain = env.get_domain("py")
+    hits = [
+        (name, obj)
+        for name, obj in domain.objects.items()
+        if name.endswith("." + target) and name.startswith("netdiag")
+    ]
+    if len(hits) != 1:
+        return None
+    name, obj = hits[0]
+    from sphinx.util.nodes import make_refnode
+
+    return make_refnode(app.builder, node["refdoc"], obj.docname, obj.node_id, contnode, name)
+
+
+def cli_modules() -> list[tuple[str, argparse.ArgumentParser]]:
+    """``[(module, parser), ...]`` for every netdiag module with a ``parser()`` function."""
+    found = []
+    for mod in _modules():
+        fn = getattr(mod, "parser", None)
+        if callable(fn) and getattr(fn, "__module__", None) == mod.__name__:
+            p = fn()
+            if isinstance(p, argparse.ArgumentParser):
+                found.append((mod.__name__, p))
+    return found
+
+
+def help_text(p: argparse.ArgumentParser) -> str:
+    """``p.format_help()`` at :data:`HELP_COLUMNS`, independent of the terminal."""
+    old = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = str(HELP_COLUMNS)
+    try:
+        return p.format_help()
+    finally:
+        if old is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = old
+
+
+class CliDirective(SphinxDirective):
+    """One section per tool: how to start it, and its ``--help``."""
+
+    has_content = False
+
+    def run(self) -> list[nodes.Node]:
+        out: list[nodes.Node] = []
+        for module, p in cli_modules():
+            command = module.removesuffix(".__main__")
+            short = command.split(".", 1)[1]
+            section = nodes.section(ids=[nodes.make_id(f"cli-{short}")])
+            section += nodes.title(text=f"python -m {command}")
+            para = nodes.paragraph()
+            para += nodes.Text("Also ")
+            para += nodes.literal(text=f"netdiag {short}")
+            para += nodes.Text(f". Generated from {module}.parser().")
+            section += para
+            text = help_text(p)
+            block = nodes.literal_block(text, text)
+            block["language"] = "text"
+            section += block
+            out.append(section)
+        return out
+
+
+_CHECKED = {"class", "exception", "function", "method", "property", "classmethod", "module"}
+
+
+def _require_docstring(
+    app: Sphinx, what: str, name: str, obj: Any, options: Any, lines: list[str]
+) -> None:
+    """Warn (an error under ``-W``) when a public object on a page has no docstring."""
+    if what not in _CHECKED or name.rsplit(".", 1)[-1].startswith("_"):
+        return
+    if not any(line.strip() for line in lines):
+        logger.warning("public %s %s has no docstring", what, name, type="netdiag", subtype="doc")
+
+
+def setup(app: Sphinx) -> dict[str, Any]:
+    app.add_directive("netdiag-api", ApiDirective)
+    app.add_directive("netdiag-cli", CliDirective)
+    app.connect("autodoc-process-docstring", _require_docstring, priority=100)
+    app.connect("autodoc-process-bases", _public_bases)
+    app.connect("missing-reference", _resolve_short)
+    return {"parallel_read_safe": True, "parallel_write_safe": True, "version": "1"}
