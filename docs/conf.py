@@ -57,9 +57,15 @@ autodoc_use_legacy_class_based = True
 # network access and so without intersphinx inventories.
 nitpicky = True
 nitpick_ignore_regex = [
-    (r"py:.*", r"(trio|ipaddress|socket|collections|typing|typing_extensions|enum|dataclasses"
-     r"|dpkt|os|types|contextlib|array|ctypes|abc|builtins|outcome|math)(\..*)?"),
-    (r"py:.*", r"(int|float|str|bytes|bytearray|memoryview|bool|object|None|NoneType|list|dict"
-     r"|set|frozenset|tuple|type|Exception|BaseException|ValueError|TypeError|OSError"
-     r"|PermissionError|RuntimeError|LookupError|DeprecationWarning|Ellipsis)"),
+    (
+        r"py:.*",
+        r"(trio|ipaddress|socket|collections|typing|typing_extensions|enum|dataclasses"
+        r"|dpkt|os|types|contextlib|array|ctypes|abc|builtins|outcome|math)(\..*)?",
+    ),
+    (
+        r"py:.*",
+        r"(int|float|str|bytes|bytearray|memoryview|bool|object|None|NoneType|list|dict"
+        r"|set|frozenset|tuple|type|Exception|BaseException|ValueError|TypeError|OSError"
+        r"|PermissionError|RuntimeError|LookupError|DeprecationWarning|Ellipsis)",
+    ),
 ]

@@ -5,10 +5,11 @@ Why our own directives rather than hand-written ``autoclass`` lists: the package
 surface -- ``netdiag.__all__`` and each diagnostic's ``__all__`` -- and the CLI page must follow
 the tools' argparse parsers, so neither can drift from the code.
 
-* ``netdiag-api`` (no argument; reStructuredText, so in MyST inside ``{eval-rst}``): one section per diagnostic subpackage (``netdiag.ping``,
-  ``netdiag.trace``, ``netdiag.knock``: every subpackage of ``netdiag`` whose ``__all__`` names
-  classes), then everything else in ``netdiag.__all__``; each name documented as ``netdiag.X``
-  with autodoc.
+* ``netdiag-api`` (no argument; it emits reStructuredText, so in MyST put it inside
+  ``{eval-rst}``): one section per diagnostic subpackage (``netdiag.ping``, ``netdiag.trace``,
+  ``netdiag.knock``: every subpackage of ``netdiag`` whose ``__all__`` names classes), then the
+  rest of ``netdiag.__all__``; each name documented as ``netdiag.X`` with autodoc, and the
+  internal types that public fields and docstrings name (``ErrorKind`` ...) after them.
 * ``netdiag-cli`` (no argument): every module of netdiag with a ``parser()`` function (the
   tools' command lines), rendered as ``parser().format_help()`` at a fixed width.
 * A public class, function, method or property without a docstring is a warning, so the
@@ -19,11 +20,11 @@ from __future__ import annotations
 
 import argparse
 import enum
-import re
 import importlib
 import inspect
 import os
 import pkgutil
+import re
 import typing
 from collections.abc import Iterator
 from types import ModuleType
@@ -45,9 +46,7 @@ HELP_COLUMNS = 100
 def _modules(package: str = "netdiag") -> list[ModuleType]:
     """Every module of the package, imported (sorted by name, so pages are stable)."""
     root = importlib.import_module(package)
-    names = [package] + [
-        m.name for m in pkgutil.walk_packages(root.__path__, prefix=f"{package}.")
-    ]
+    names = [package] + [m.name for m in pkgutil.walk_packages(root.__path__, prefix=f"{package}.")]
     return [importlib.import_module(n) for n in sorted(names)]
 
 
@@ -64,9 +63,7 @@ def diagnostic_sections() -> list[tuple[str, list[str]]]:
     for mod in _modules():
         if mod.__name__.count(".") != 1 or not hasattr(mod, "__path__"):
             continue
-        names = [
-            n for n in getattr(mod, "__all__", ()) if inspect.isclass(getattr(mod, n, None))
-        ]
+        names = [n for n in getattr(mod, "__all__", ()) if inspect.isclass(getattr(mod, n, None))]
         if names:
             sections.append((mod.__name__, names))
             seen.update(names)
@@ -210,14 +207,14 @@ def referenced_types() -> list[type]:
     return [found[k] for k in sorted(found)]
 
 
-def _public_bases(
-    app: Sphinx, name: str, obj: Any, options: Any, bases: list[type]
-) -> None:
+def _public_bases(app: Sphinx, name: str, obj: Any, options: Any, bases: list[type]) -> None:
     """Show only bases a reader can look up: drop netdiag's internal base classes (the engine's
     ``Diagnostic``, ``ProbeStats``), whose public members are documented on the subclass."""
     public = public_objects() | {id(c) for c in referenced_types()}
     bases[:] = [
-        b for b in bases if not getattr(b, "__module__", "").startswith("netdiag") or id(b) in public
+        b
+        for b in bases
+        if not getattr(b, "__module__", "").startswith("netdiag") or id(b) in public
     ]
 
 
