@@ -7,8 +7,8 @@ the tools' argparse parsers, so neither can drift from the code.
 
 * ``netdiag-api`` (no argument; it emits reStructuredText, so in MyST put it inside
   ``{eval-rst}``): one section per diagnostic subpackage (``netdiag.ping``, ``netdiag.trace``,
-  ``netdiag.knock``: every subpackage of ``netdiag`` whose ``__all__`` names classes), then the
-  rest of ``netdiag.__all__``; each name documented as ``netdiag.X`` with autodoc, and the
+  ``netdiag.knock``: each subpackage whose ``__all__`` has classes ``netdiag`` re-exports),
+  then the rest of ``netdiag.__all__``; each name documented as ``netdiag.X`` with autodoc, and the
   internal types that public fields and docstrings name (``ErrorKind`` ...) after them.
 * ``netdiag-cli`` (no argument): every module of netdiag with a ``parser()`` function (the
   tools' command lines), rendered as ``parser().format_help()`` at a fixed width.
@@ -53,8 +53,9 @@ def _modules(package: str = "netdiag") -> list[ModuleType]:
 def diagnostic_sections() -> list[tuple[str, list[str]]]:
     """``[(subpackage, names), ...]`` then ``("netdiag", rest)``: how the API page is grouped.
 
-    A diagnostic is a direct subpackage of ``netdiag`` whose ``__all__`` holds classes; its names
-    that ``netdiag`` re-exports are documented as ``netdiag.X`` in its section.
+    A diagnostic is a direct subpackage of ``netdiag`` whose ``__all__`` holds classes that
+    ``netdiag`` re-exports (an internal package such as the engine exports none); its names are
+    documented as ``netdiag.X`` when re-exported, else under the subpackage.
     """
     top = importlib.import_module("netdiag")
     public = list(top.__all__)
@@ -64,7 +65,8 @@ def diagnostic_sections() -> list[tuple[str, list[str]]]:
         if mod.__name__.count(".") != 1 or not hasattr(mod, "__path__"):
             continue
         names = [n for n in getattr(mod, "__all__", ()) if inspect.isclass(getattr(mod, n, None))]
-        if names:
+        # a diagnostic's classes are exported by netdiag; an internal package's are not
+        if any(n in public for n in names):
             sections.append((mod.__name__, names))
             seen.update(names)
     sections.append(("netdiag", [n for n in public if n not in seen]))
