@@ -150,6 +150,9 @@ def _classes_in(hint: Any) -> Iterator[type]:
     """The classes a type hint names, ``list[X] | None`` included."""
     if isinstance(hint, type):
         yield hint
+    origin = typing.get_origin(hint)
+    if isinstance(origin, type):
+        yield origin
     for arg in typing.get_args(hint):
         yield from _classes_in(arg)
 
@@ -220,25 +223,66 @@ def _public_bases(app: Sphinx, name: str, obj: Any, options: Any, bases: list[ty
     ]
 
 
-def _resolve_short(app: Sphinx, env: Any, node: Any, contnode: nodes.Element) -> Any:
-    """Resolve ``:attr:`Unreach.ADMIN``` written in a module that imports ``Unreach``: a
-    Python reference that names exactly one documented object by its trailing components
-    (as a reader of that module would read it). Ambiguous or unknown names stay errors."""
+_MISSING = object()
+
+
+def _lookup(dotted: str) -> Any:
+    """The object a dotted ``netdiag...`` path names (module attribute, class member), or
+    ``_MISSING``."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj: Any = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for attr in parts[cut:]:
+            obj = getattr(obj, attr, _MISSING)
+            if obj is _MISSING:
+                return _MISSING
+        return obj
+    return _MISSING
+
+
+def _resolve_netdiag_ref(app: Sphinx, env: Any, node: Any, contnode: nodes.Element) -> Any:
+    """Resolve the Python references Sphinx could not, where netdiag's code is the judge.
+
+    1. A name that matches exactly one documented object by its trailing components:
+       ``:attr:`Unreach.ADMIN``` written in a module that imports ``Unreach``.
+    2. A name that exists in netdiag under another path than the one it is documented at:
+       ``netdiag.engine.ResultStream`` re-exports ``netdiag.engine.stream.ResultStream``.
+    3. A name that exists in netdiag but is internal and not documented (an annotation naming
+       the engine's ``Session``): shown as code, without a link.
+
+    Everything else -- a name that does not exist, say a renamed method still cited in a
+    docstring -- stays a broken reference, an error under ``-W -n``.
+    """
     if node.get("refdomain") != "py":
         return None
-    target = node["reftarget"].lstrip("~.")
-    domain = env.get_domain("py")
-    hits = [
-        (name, obj)
-        for name, obj in domain.objects.items()
-        if name.endswith("." + target) and name.startswith("netdiag")
-    ]
-    if len(hits) != 1:
-        return None
-    name, obj = hits[0]
     from sphinx.util.nodes import make_refnode
 
-    return make_refnode(app.builder, node["refdoc"], obj.docname, obj.node_id, contnode, name)
+    target = node["reftarget"].lstrip("~.")
+    domain = env.get_domain("py")
+
+    def link(name: str) -> Any:
+        obj = domain.objects[name]
+        return make_refnode(app.builder, node["refdoc"], obj.docname, obj.node_id, contnode, name)
+
+    hits = [n for n in domain.objects if n.startswith("netdiag") and n.endswith("." + target)]
+    if len(hits) == 1:
+        return link(hits[0])
+    module, cls = node.get("py:module") or "", node.get("py:class") or ""
+    candidates = [target, f"{module}.{target}", f"{module}.{cls}.{target}"]
+    for dotted in candidates:
+        if not dotted.startswith("netdiag"):
+            continue
+        obj = _lookup(dotted)
+        if obj is _MISSING:
+            continue
+        canonical = f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', '')}"
+        if canonical in domain.objects:
+            return link(canonical)
+        return contnode
+    return None
 
 
 def cli_modules() -> list[tuple[str, argparse.ArgumentParser]]:
@@ -304,10 +348,44 @@ def _require_docstring(
         logger.warning("public %s %s has no docstring", what, name, type="netdiag", subtype="doc")
 
 
+def _returns_async_iterator(obj: Any) -> bool:
+    """True for a plain method annotated to return an async iterator (``ResultStream``)."""
+    fn = getattr(obj, "__func__", obj)
+    if not callable(fn) or inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+        return False
+    try:
+        ret = typing.get_type_hints(fn).get("return")
+    except Exception:
+        return False
+    origin = typing.get_origin(ret) or ret
+    return isinstance(origin, type) and hasattr(origin, "__aiter__")
+
+
+def _teach_trio_marker() -> None:
+    """sphinxcontrib-trio marks ``async for ... in`` only on async generator functions; a method
+    that returns an async-iterable object (``Pinger.results()`` returns a ``ResultStream``) is
+    used the same way, so mark it too, from its return annotation."""
+    import sphinxcontrib_trio
+
+    sniff = sphinxcontrib_trio.sniff_options
+    if getattr(sniff, "_netdiag", False):
+        return
+
+    def sniff_options(obj: Any) -> set[str]:
+        options: set[str] = sniff(obj)
+        if not options & sphinxcontrib_trio.EXCLUSIVE_OPTIONS and _returns_async_iterator(obj):
+            options.add("async-for")
+        return options
+
+    sniff_options._netdiag = True  # type: ignore[attr-defined]
+    sphinxcontrib_trio.sniff_options = sniff_options
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
+    _teach_trio_marker()
     app.add_directive("netdiag-api", ApiDirective)
     app.add_directive("netdiag-cli", CliDirective)
     app.connect("autodoc-process-docstring", _require_docstring, priority=100)
     app.connect("autodoc-process-bases", _public_bases)
-    app.connect("missing-reference", _resolve_short)
+    app.connect("missing-reference", _resolve_netdiag_ref)
     return {"parallel_read_safe": True, "parallel_write_safe": True, "version": "1"}
