@@ -10,8 +10,9 @@ Rules (CONTRIBUTING.md, "Snippets are tested"):
   starts netdiag (``python -m netdiag...``, ``netdiag ...``) is run, in ``src`` if it names a
   lab address.
 * A block that is not meant to run (an excerpt, a usage synopsis) has the line
-  ``<!-- fragment -->`` right before its opening fence. An unmarked untyped block whose lines
-  start netdiag but that has no ``$`` prompt is an error: it would otherwise go unchecked.
+  ``<!-- fragment -->`` (or ``<!-- fragment: why -->``) right before its opening fence. An
+  unmarked untyped block whose lines start netdiag but that has no ``$`` prompt is an error:
+  it would otherwise go unchecked.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FRAGMENT = "<!-- fragment -->"
+#: The marker line before a block that is not run: ``<!-- fragment -->`` or, saying why,
+#: ``<!-- fragment: needs root and a pytest session -->``.
+FRAGMENT = re.compile(r"<!--\s*fragment(?::[^>]*)?\s*-->")
 SHELL_LANGS = {"sh", "bash", "shell", "console", ""}
 
 #: A command that starts netdiag: ``python -m netdiag...`` (any python path) or ``netdiag ...``.
@@ -134,7 +137,8 @@ def blocks(path: Path) -> list[Block]:
             j += 1
         prev = next((lines[k].strip() for k in range(start - 1, -1, -1) if lines[k].strip()), "")
         body = "\n".join(line[len(m.group(1)) :] for line in lines[start + 1 : j])
-        out.append(Block(path, start + 1, lang, body + "\n", prev == FRAGMENT))
+        fragment = bool(FRAGMENT.fullmatch(prev))
+        out.append(Block(path, start + 1, lang, body + "\n", fragment))
         i = j + 1
     return out
 

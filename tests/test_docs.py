@@ -22,6 +22,7 @@ import netdiag
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 DIAGNOSTICS = ("netdiag.ping", "netdiag.trace", "netdiag.knock")
+HELPERS = ("netdiag.testing",)  # public modules besides the diagnostics (docs/api.md lists them)
 CLIS = ("netdiag.ping.__main__", "netdiag.trace.__main__", "netdiag.knock.__main__",
         "netdiag.doctor")  # fmt: skip
 
@@ -29,7 +30,6 @@ CLIS = ("netdiag.ping.__main__", "netdiag.trace.__main__", "netdiag.knock.__main
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The HTML site, built once for this module exactly as CONTRIBUTING.md says."""
-    pytest.importorskip("sphinx", reason="the docs extra is part of the test extra")
     out = tmp_path_factory.mktemp("html")
     proc = subprocess.run(
         [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-n", "-q", "-b", "html",
@@ -56,8 +56,11 @@ def inventory(site: Path) -> dict[str, str]:
 
 
 def public_names() -> list[str]:
-    """Every public name: ``netdiag.__all__`` and each diagnostic's ``__all__``."""
+    """Every public name: ``netdiag.__all__``, each diagnostic's ``__all__``, and the public
+    helper modules' (``netdiag.testing``)."""
     names = {f"netdiag.{n}" for n in netdiag.__all__}
+    for package in HELPERS:
+        names.update(f"{package}.{n}" for n in importlib.import_module(package).__all__)
     for package in DIAGNOSTICS:
         mod = importlib.import_module(package)
         for n in mod.__all__:
@@ -149,6 +152,44 @@ def test_docstring_check_catches_a_missing_docstring() -> None:
     Sample.bare.__module__ = Sample.documented.__module__ = "netdiag.sample"
     found = [name for name, fn in _public_members(Sample) if not (fn.__doc__ or "").strip()]
     assert found == ["bare"]
+
+
+BROKEN_PAGE = """
+Broken
+======
+
+.. autoclass:: netdiag.Ping
+
+See :class:`netdiag.NoSuchThing` and :meth:`netdiag.Pinger.no_such_method`.
+
+.. autofunction:: undocumented.public_function
+"""
+
+
+def test_build_fails_on_broken_references_and_missing_docstrings(tmp_path: Path) -> None:
+    """The checks the site relies on are live: with this repository's extension and settings,
+    a reference to a name netdiag does not have and a public function without a docstring
+    each fail the build."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "undocumented.py").write_text("def public_function():\n    pass\n")
+    (src / "conf.py").write_text(
+        "import sys\n"
+        f"sys.path[:0] = [{str(src)!r}, {str(DOCS / '_ext')!r}, {str(ROOT)!r}]\n"
+        "extensions = ['sphinx.ext.autodoc', 'sphinxcontrib_trio', 'netdiag_sphinx']\n"
+        "autodoc_use_legacy_class_based = True\n"
+        "nitpicky = True\n"
+    )
+    (src / "index.rst").write_text(BROKEN_PAGE)
+    proc = subprocess.run(
+        [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-n", "-q", "-b", "html",
+         str(src), str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "netdiag.NoSuchThing" in proc.stderr
+    assert "netdiag.Pinger.no_such_method" in proc.stderr
+    assert "undocumented.public_function has no docstring" in proc.stderr
 
 
 @pytest.mark.parametrize("module", CLIS)

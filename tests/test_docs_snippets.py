@@ -212,7 +212,7 @@ def test_fragment_markers_stand_before_a_block() -> None:
     for path in snippets.doc_files():
         lines = path.read_text().splitlines()
         for i, line in enumerate(lines):
-            if line.strip() == snippets.FRAGMENT:
+            if snippets.FRAGMENT.fullmatch(line.strip()):
                 following = next((x for x in lines[i + 1 :] if x.strip()), "")
                 assert following.lstrip().startswith("```"), f"{path.name}:{i + 1}"
 
@@ -222,7 +222,7 @@ def test_extraction_rules(tmp_path: Path) -> None:
     nothing)."""
     page = tmp_path / "page.md"
     page.write_text(
-        "```python\nprint(1)\n```\n\n<!-- fragment -->\n```python\nasync with x:\n```\n\n"
+        "```python\nprint(1)\n```\n\n<!-- fragment: why -->\n```python\nasync with x:\n```\n\n"
         "```sh\npython -m netdiag.ping -c 1 127.0.0.1   # comment\nsudo true\n```\n\n"
         "```\n$ netdiag knock -c 1 198.18.6.2:443\nKNOCK ...\n(exit 1)\n```\n\n"
         "```\npython -m netdiag.trace [-n] host\n```\n"

@@ -19,18 +19,22 @@ the tools' argparse parsers, so neither can drift from the code.
 from __future__ import annotations
 
 import argparse
+import builtins
 import enum
 import importlib
+import importlib.util
 import inspect
 import os
 import pkgutil
 import re
+import sys
 import typing
 from collections.abc import Iterator
 from types import ModuleType
-from typing import Any
+from typing import Any, ClassVar
 
 from docutils import nodes
+from docutils.parsers.rst import directives
 from docutils.statemachine import StringList
 from sphinx.application import Sphinx
 from sphinx.util import logging
@@ -47,7 +51,17 @@ def _modules(package: str = "netdiag") -> list[ModuleType]:
     """Every module of the package, imported (sorted by name, so pages are stable)."""
     root = importlib.import_module(package)
     names = [package] + [m.name for m in pkgutil.walk_packages(root.__path__, prefix=f"{package}.")]
-    return [importlib.import_module(n) for n in sorted(names)]
+    out = []
+    for name in sorted(names):
+        try:
+            out.append(importlib.import_module(name))
+        except ModuleNotFoundError as e:
+            # a module for an optional tool (netdiag.testing's pytest plugin needs pytest);
+            # netdiag's own modules must import
+            if (e.name or "").split(".")[0] == package:
+                raise
+            logger.info("netdiag docs: skipping %s (needs %s)", name, e.name)
+    return out
 
 
 def diagnostic_sections() -> list[tuple[str, list[str]]]:
@@ -77,6 +91,7 @@ class ApiDirective(SphinxDirective):
     """Expand to autodoc directives for every public name (see the module docstring)."""
 
     has_content = False
+    option_spec: ClassVar[dict[str, Any]] = {"modules": directives.unchanged}
 
     def run(self) -> list[nodes.Node]:
         top = importlib.import_module("netdiag")
@@ -97,25 +112,18 @@ class ApiDirective(SphinxDirective):
                 if name not in top.__all__:
                     # public in the subpackage only: document it under its own module
                     lines += [f".. currentmodule:: {package}", ""]
-                kind = (
-                    "autoexception"
-                    if inspect.isclass(obj) and issubclass(obj, BaseException)
-                    else "autoclass"
-                    if inspect.isclass(obj)
-                    else "autofunction"
-                    if callable(obj)
-                    else "autodata"
-                )
-                lines += [f".. {kind}:: {name}"]
-                if kind in ("autoclass", "autoexception"):
-                    lines += ["   :members:", "   :undoc-members:"]
-                    if kind == "autoexception":  # which built-in errors catch it matters
-                        lines += ["   :show-inheritance:", "   :inherited-members: BaseException"]
-                    else:
-                        lines += ["   :inherited-members: object"]
-                lines += [""]
+                lines += self._entry(obj, name)
                 if name not in top.__all__:
                     lines += [".. currentmodule:: netdiag", ""]
+        for package in self.options.get("modules", "").split():
+            # another public module (``netdiag.testing``): its docstring and its __all__
+            mod = importlib.import_module(package)
+            title = f"``{package}``"
+            lines += [title, "-" * len(title), "", f".. automodule:: {package}", ""]
+            lines += [f".. currentmodule:: {package}", ""]
+            for name in getattr(mod, "__all__", ()):
+                lines += self._entry(getattr(mod, name), name)
+            lines += [".. currentmodule:: netdiag", ""]
         extra = referenced_types()
         if extra:
             title = "Types that appear in results"
@@ -129,6 +137,21 @@ class ApiDirective(SphinxDirective):
                     lines += ["   :members:", "   :undoc-members:"]
                 lines += [""]
         return self._parse(lines)
+
+    @staticmethod
+    def _entry(obj: Any, name: str) -> list[str]:
+        """The autodoc directive for one public object of the current module."""
+        if inspect.isclass(obj):
+            kind = "autoexception" if issubclass(obj, BaseException) else "autoclass"
+        else:
+            kind = "autofunction" if callable(obj) else "autodata"
+        lines = [f".. {kind}:: {name}"]
+        if kind == "autoexception":  # which built-in errors catch it matters
+            lines += ["   :members:", "   :undoc-members:", "   :show-inheritance:",
+                      "   :inherited-members: BaseException"]  # fmt: skip
+        elif kind == "autoclass":
+            lines += ["   :members:", "   :undoc-members:", "   :inherited-members: object"]
+        return [*lines, ""]
 
     def _parse(self, lines: list[str]) -> list[nodes.Node]:
         node = nodes.section()
@@ -243,6 +266,13 @@ def _lookup(dotted: str) -> Any:
     return _MISSING
 
 
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def _resolve_netdiag_ref(app: Sphinx, env: Any, node: Any, contnode: nodes.Element) -> Any:
     """Resolve the Python references Sphinx could not, where netdiag's code is the judge.
 
@@ -252,6 +282,9 @@ def _resolve_netdiag_ref(app: Sphinx, env: Any, node: Any, contnode: nodes.Eleme
        ``netdiag.engine.ResultStream`` re-exports ``netdiag.engine.stream.ResultStream``.
     3. A name that exists in netdiag but is internal and not documented (an annotation naming
        the engine's ``Session``): shown as code, without a link.
+
+    4. A name from another project (the standard library, trio): not linked, since the build
+       runs without network access and so without intersphinx inventories.
 
     Everything else -- a name that does not exist, say a renamed method still cited in a
     docstring -- stays a broken reference, an error under ``-W -n``.
@@ -270,8 +303,18 @@ def _resolve_netdiag_ref(app: Sphinx, env: Any, node: Any, contnode: nodes.Eleme
     hits = [n for n in domain.objects if n.startswith("netdiag") and n.endswith("." + target)]
     if len(hits) == 1:
         return link(hits[0])
+    top = target.split(".")[0]
+    if top != "netdiag" and (hasattr(builtins, top) or _importable(top)):
+        return contnode  # another project's name (stdlib, trio): not linked, see conf.py
     module, cls = node.get("py:module") or "", node.get("py:class") or ""
     candidates = [target, f"{module}.{target}", f"{module}.{cls}.{target}"]
+    # a name used in the module that defines it (``Node`` in netdiag.testing.lab's annotations)
+    candidates += [
+        f"{m.__name__}.{target}"
+        for m in list(sys.modules.values())
+        if getattr(m, "__name__", "").startswith("netdiag")
+        and getattr(getattr(m, top, None), "__module__", None) == m.__name__
+    ]
     for dotted in candidates:
         if not dotted.startswith("netdiag"):
             continue
