@@ -337,7 +337,9 @@ def cli_modules() -> list[tuple[str, argparse.ArgumentParser]]:
             p = fn()
             if isinstance(p, argparse.ArgumentParser):
                 found.append((mod.__name__, p))
-    return found
+    # the diagnostics in the order the docs present them, then any other tool by name
+    order = ["netdiag.ping.__main__", "netdiag.trace.__main__", "netdiag.knock.__main__"]
+    return sorted(found, key=lambda f: (order.index(f[0]) if f[0] in order else 99, f[0]))
 
 
 def help_text(p: argparse.ArgumentParser) -> str:
