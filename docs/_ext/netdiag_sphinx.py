@@ -53,6 +53,8 @@ def _modules(package: str = "netdiag") -> list[ModuleType]:
     names = [package] + [m.name for m in pkgutil.walk_packages(root.__path__, prefix=f"{package}.")]
     out = []
     for name in sorted(names):
+        if name.endswith(".__main__") and not _guarded(name):
+            continue  # a script that runs when imported (``python -m netdiag``)
         try:
             out.append(importlib.import_module(name))
         except ModuleNotFoundError as e:
@@ -62,6 +64,16 @@ def _modules(package: str = "netdiag") -> list[ModuleType]:
                 raise
             logger.info("netdiag docs: skipping %s (needs %s)", name, e.name)
     return out
+
+
+def _guarded(name: str) -> bool:
+    """True if module ``name`` runs nothing on import (``if __name__ == "__main__":``)."""
+    spec = importlib.util.find_spec(name)
+    origin = spec.origin if spec else None
+    if not origin or not origin.endswith(".py"):
+        return False
+    with open(origin) as f:
+        return re.search(r"^if __name__ == .__main__.:", f.read(), re.M) is not None
 
 
 def diagnostic_sections() -> list[tuple[str, list[str]]]:
