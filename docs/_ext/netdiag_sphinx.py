@@ -30,6 +30,7 @@ import re
 import sys
 import typing
 from collections.abc import Iterator
+from pathlib import Path
 from types import ModuleType
 from typing import Any, ClassVar
 
@@ -438,10 +439,30 @@ def _teach_trio_marker() -> None:
     sphinxcontrib_trio.sniff_options = sniff_options
 
 
+OTHER_PAGES = "@other-pages@"
+
+
+def _other_pages(app: Sphinx, docname: str, source: list[str]) -> None:
+    """In the index, replace ``@other-pages@`` with the pages it does not list (sorted), so a
+    page added to docs/ is in the toctree -- an orphan page would fail the ``-W`` build."""
+    if docname != app.config.root_doc or OTHER_PAGES not in source[0]:
+        return
+    text = source[0]
+    listed = set(re.findall(r"^([\w./-]+)\s*$", text, re.M))
+    pages = sorted(
+        str(path.relative_to(app.srcdir).with_suffix(""))
+        for path in Path(app.srcdir).glob("*.md")
+        if path.stem != docname
+    )
+    others = [p for p in pages if p not in listed]
+    source[0] = text.replace(OTHER_PAGES, "\n".join(others))
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
     _teach_trio_marker()
     app.add_directive("netdiag-api", ApiDirective)
     app.add_directive("netdiag-cli", CliDirective)
+    app.connect("source-read", _other_pages)
     app.connect("autodoc-process-docstring", _require_docstring, priority=100)
     app.connect("autodoc-process-bases", _public_bases)
     app.connect("missing-reference", _resolve_netdiag_ref)
