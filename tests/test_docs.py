@@ -22,7 +22,8 @@ import netdiag
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 DIAGNOSTICS = ("netdiag.ping", "netdiag.trace", "netdiag.knock")
-HELPERS = ("netdiag.testing",)  # public modules besides the diagnostics (docs/api.md lists them)
+#: public modules besides the diagnostics (docs/api.md lists them)
+HELPERS = ("netdiag.aio", "netdiag.sync", "netdiag.testing")
 CLIS = ("netdiag.ping.__main__", "netdiag.trace.__main__", "netdiag.knock.__main__",
         "netdiag.doctor")  # fmt: skip
 
@@ -108,7 +109,9 @@ def test_changelog_and_pages_are_in_the_site(site: Path) -> None:
     assert "0.1.0" in (site / "changelog.html").read_text()
 
 
-def _public_members(obj: type) -> list[tuple[str, object]]:
+def _public_members(obj: type) -> list[tuple[str, str]]:
+    """``(name, docstring)`` of a class's public netdiag methods and properties; a docstring
+    is inherited from the method it overrides, as autodoc shows it."""
     out = []
     for name, _member in inspect.getmembers(obj):
         if name.startswith("_"):
@@ -116,10 +119,13 @@ def _public_members(obj: type) -> list[tuple[str, object]]:
         raw = inspect.getattr_static(obj, name)
         if isinstance(raw, (classmethod, staticmethod)):
             raw = raw.__func__
-        if isinstance(raw, property):
-            raw = raw.fget
-        if inspect.isfunction(raw) and getattr(raw, "__module__", "").startswith("netdiag"):
-            out.append((name, raw))
+        fn = raw.fget if isinstance(raw, property) else raw
+        if inspect.isfunction(fn) and getattr(fn, "__module__", "").startswith("netdiag"):
+            doc = inspect.getdoc(raw) if isinstance(raw, property) else inspect.getdoc(fn)
+            if not doc:  # an override without its own: the overridden method's, as autodoc does
+                doc = next((inspect.getdoc(getattr(base, name)) for base in obj.__mro__[1:]
+                            if name in vars(base)), None)  # fmt: skip
+            out.append((name, doc or ""))
     return out
 
 
@@ -133,8 +139,8 @@ def test_every_public_name_and_member_has_a_docstring() -> None:
         if not (inspect.getdoc(obj) or "").strip():
             missing.append(qualname)
         if inspect.isclass(obj):
-            for member, fn in _public_members(obj):
-                if not (fn.__doc__ or "").strip():
+            for member, doc in _public_members(obj):
+                if not doc.strip():
                     missing.append(f"{qualname}.{member}")
     assert not missing, f"public names without a docstring: {missing}"
 
@@ -150,7 +156,15 @@ def test_docstring_check_catches_a_missing_docstring() -> None:
             pass
 
     Sample.bare.__module__ = Sample.documented.__module__ = "netdiag.sample"
-    found = [name for name, fn in _public_members(Sample) if not (fn.__doc__ or "").strip()]
+
+    class Override(Sample):
+        def documented(self) -> None:  # inherits "Has one."
+            pass
+
+    Override.documented.__module__ = "netdiag.sample"
+    found = [name for name, doc in _public_members(Sample) if not doc.strip()]
+    assert found == ["bare"]
+    found = [name for name, doc in _public_members(Override) if not doc.strip()]
     assert found == ["bare"]
 
 
