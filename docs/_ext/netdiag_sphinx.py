@@ -118,7 +118,7 @@ class ApiDirective(SphinxDirective):
                 title = package.split(".")[-1].capitalize()
                 doc = inspect.getdoc(mod) or ""
                 intro = doc.split("\n\n")[0].replace("\n", " ")
-                intro = f"From ``{package}`` (all re-exported by ``netdiag``). " + intro
+                intro = f"From ``{package}`` (re-exported by ``netdiag``). " + intro
             lines += [title, "-" * len(title), "", intro, ""]
             for name in names:
                 obj = getattr(mod, name)
