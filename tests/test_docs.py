@@ -168,6 +168,25 @@ def test_docstring_check_catches_a_missing_docstring() -> None:
     assert found == ["bare"]
 
 
+def test_public_names_are_not_shadowed_by_their_modules() -> None:
+    """After every module is imported (as the docs build does), each public name is still the
+    object, not a submodule of the same name (``netdiag.resolve`` the function, not the module:
+    importing a submodule sets the package attribute, which PEP 562's lazy ``__getattr__``
+    never overrides)."""
+    code = (
+        "import importlib, pkgutil, types, netdiag\n"
+        "for m in pkgutil.walk_packages(netdiag.__path__, 'netdiag.'):\n"
+        "    if not m.name.endswith('__main__') and 'pytest' not in m.name:\n"
+        "        importlib.import_module(m.name)\n"
+        "bad = [n for n in netdiag.__all__ if isinstance(getattr(netdiag, n), types.ModuleType)]\n"
+        "print(bad)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
 BROKEN_PAGE = """
 Broken
 ======
