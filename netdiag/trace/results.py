@@ -40,6 +40,7 @@ class TraceProbe:
     info: int = 0
 
     def as_dict(self) -> dict[str, Any]:
+        """The JSON form (what ``--json`` prints)."""
         return {
             "addr": str(self.addr) if self.addr is not None else None,
             "rtt": self.rtt,
@@ -63,6 +64,7 @@ class Responder:
     name: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
+        """The JSON form (what ``--json`` prints)."""
         return {
             "addr": str(self.addr),
             "name": self.name,
@@ -96,6 +98,7 @@ class Hop:
         return frozenset(r.addr for r in self.responders)
 
     def as_dict(self) -> dict[str, Any]:
+        """The JSON form (what ``--json`` prints)."""
         return {
             "ttl": self.ttl,
             "probes": [p.as_dict() for p in self.probes],
@@ -125,6 +128,7 @@ class TraceResult:
     elapsed: float
 
     def as_dict(self) -> dict[str, Any]:
+        """The JSON form (what ``--json`` prints)."""
         return {
             "target": str(self.target),
             "protocol": self.protocol,
