@@ -136,7 +136,8 @@ def test_every_public_name_and_member_has_a_docstring() -> None:
     for qualname in public_names():
         module, _, name = qualname.rpartition(".")
         obj = getattr(importlib.import_module(module), name)
-        if not (inspect.getdoc(obj) or "").strip():
+        documentable = inspect.isclass(obj) or inspect.isfunction(obj)  # data: `#:` comments
+        if documentable and not (inspect.getdoc(obj) or "").strip():
             missing.append(qualname)
         if inspect.isclass(obj):
             for member, doc in _public_members(obj):

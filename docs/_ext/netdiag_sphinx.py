@@ -91,13 +91,33 @@ def diagnostic_sections() -> list[tuple[str, list[str]]]:
     for mod in _modules():
         if mod.__name__.count(".") != 1 or not hasattr(mod, "__path__"):
             continue
-        names = [n for n in getattr(mod, "__all__", ()) if inspect.isclass(getattr(mod, n, None))]
+        names = list(getattr(mod, "__all__", ()))
+        classes = [n for n in names if inspect.isclass(getattr(mod, n, None))]
         # a diagnostic's classes are exported by netdiag; an internal package's are not
-        if any(n in public for n in names):
+        if any(n in public for n in classes):
             sections.append((mod.__name__, names))
             seen.update(names)
     sections.append(("netdiag", [n for n in public if n not in seen]))
     return sections
+
+
+def attribute_doc(package: str, name: str) -> list[str]:
+    """The ``#:`` comment (or following string) that documents module attribute ``name`` in
+    ``package`` or any of its modules -- where a re-exported constant is actually defined."""
+    from sphinx.pycode import ModuleAnalyzer
+
+    mod = importlib.import_module(package)
+    names = [package]
+    if hasattr(mod, "__path__"):
+        names += [m.name for m in pkgutil.walk_packages(mod.__path__, prefix=f"{package}.")]
+    for modname in names:
+        try:
+            docs = ModuleAnalyzer.for_module(modname).find_attr_docs()
+        except Exception:
+            continue
+        if ("", name) in docs:
+            return [line for line in docs[("", name)] if line.strip()]
+    return []
 
 
 class ApiDirective(SphinxDirective):
@@ -125,7 +145,7 @@ class ApiDirective(SphinxDirective):
                 if name not in top.__all__:
                     # public in the subpackage only: document it under its own module
                     lines += [f".. currentmodule:: {package}", ""]
-                lines += self._entry(obj, name)
+                lines += self._entry(obj, name, package)
                 if name not in top.__all__:
                     lines += [".. currentmodule:: netdiag", ""]
         for package in self.options.get("modules", "").split():
@@ -135,7 +155,7 @@ class ApiDirective(SphinxDirective):
             lines += [title, "-" * len(title), "", f".. automodule:: {package}", ""]
             lines += [f".. currentmodule:: {package}", ""]
             for name in getattr(mod, "__all__", ()):
-                lines += self._entry(getattr(mod, name), name)
+                lines += self._entry(getattr(mod, name), name, package)
             lines += [".. currentmodule:: netdiag", ""]
         extra = referenced_types()
         if extra:
@@ -152,8 +172,13 @@ class ApiDirective(SphinxDirective):
         return self._parse(lines)
 
     @staticmethod
-    def _entry(obj: Any, name: str) -> list[str]:
+    def _entry(obj: Any, name: str, package: str) -> list[str]:
         """The autodoc directive for one public object of the current module."""
+        if not (inspect.isclass(obj) or inspect.isroutine(obj)) or typing.get_origin(obj):
+            # a constant or a type alias: its value, and the ``#:`` comment where it is defined
+            value = repr(obj).replace("typing.", "")
+            lines = [f".. py:data:: {name}", f"   :value: {value}", ""]
+            return lines + [f"   {line}" for line in attribute_doc(package, name)] + [""]
         if inspect.isclass(obj):
             kind = "autoexception" if issubclass(obj, BaseException) else "autoclass"
         else:
