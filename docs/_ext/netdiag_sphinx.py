@@ -10,8 +10,9 @@ the tools' argparse parsers, so neither can drift from the code.
   ``netdiag.knock``: each subpackage whose ``__all__`` has classes ``netdiag`` re-exports),
   then the rest of ``netdiag.__all__``; each name documented as ``netdiag.X`` with autodoc, and the
   internal types that public fields and docstrings name (``ErrorKind`` ...) after them.
-* ``netdiag-cli`` (no argument): every module of netdiag with a ``parser()`` function (the
-  tools' command lines), rendered as ``parser().format_help()`` at a fixed width.
+* ``netdiag-cli`` (no argument): every module of netdiag with a ``parser()`` (or
+  ``build_parser()``) function (the tools' command lines), rendered as its
+  ``format_help()`` at a fixed width.
 * A public class, function, method or property without a docstring is a warning, so the
   ``-W`` build fails on it.
 """
@@ -367,16 +368,18 @@ def _resolve_netdiag_ref(app: Sphinx, env: Any, node: Any, contnode: nodes.Eleme
 
 
 def cli_modules() -> list[tuple[str, argparse.ArgumentParser]]:
-    """``[(module, parser), ...]`` for every netdiag module with a ``parser()`` function."""
+    """``[(module, parser), ...]`` for every netdiag module with a ``parser()`` (or
+    ``build_parser()``) function."""
     found = []
     for mod in _modules():
-        fn = getattr(mod, "parser", None)
+        fn = getattr(mod, "parser", None) or getattr(mod, "build_parser", None)
         if callable(fn) and getattr(fn, "__module__", None) == mod.__name__:
             p = fn()
             if isinstance(p, argparse.ArgumentParser):
                 found.append((mod.__name__, p))
     # the diagnostics in the order the docs present them, then any other tool by name
-    order = ["netdiag.ping.__main__", "netdiag.trace.__main__", "netdiag.knock.__main__"]
+    order = ["netdiag.ping.__main__", "netdiag.trace.__main__", "netdiag.knock.__main__",
+             "netdiag.doctor"]  # fmt: skip
     return sorted(found, key=lambda f: (order.index(f[0]) if f[0] in order else 99, f[0]))
 
 
