@@ -7,7 +7,7 @@ the tools' argparse parsers, so neither can drift from the code.
 
 * ``netdiag-api`` (no argument; it emits reStructuredText, so in MyST put it inside
   ``{eval-rst}``): one section per diagnostic subpackage (``netdiag.ping``, ``netdiag.trace``,
-  ``netdiag.knock``: each subpackage whose ``__all__`` has classes ``netdiag`` re-exports),
+  ``netdiag.knock``: each subpackage whose ``__all__`` classes ``netdiag`` all re-exports),
   then the rest of ``netdiag.__all__``; each name documented as ``netdiag.X`` with autodoc, and the
   internal types that public fields and docstrings name (``ErrorKind`` ...) after them.
 * ``netdiag-cli`` (no argument): every module of netdiag with a ``parser()`` (or
@@ -81,9 +81,9 @@ def _guarded(name: str) -> bool:
 def diagnostic_sections() -> list[tuple[str, list[str]]]:
     """``[(subpackage, names), ...]`` then ``("netdiag", rest)``: how the API page is grouped.
 
-    A diagnostic is a direct subpackage of ``netdiag`` whose ``__all__`` holds classes that
-    ``netdiag`` re-exports (an internal package such as the engine exports none); its names are
-    documented as ``netdiag.X`` when re-exported, else under the subpackage.
+    A diagnostic is a direct subpackage of ``netdiag`` whose ``__all__`` classes ``netdiag``
+    all re-exports (an internal package such as the engine or the socket layer has others); its
+    names are documented as ``netdiag.X`` when re-exported, else under the subpackage.
     """
     top = importlib.import_module("netdiag")
     public = list(top.__all__)
@@ -94,8 +94,9 @@ def diagnostic_sections() -> list[tuple[str, list[str]]]:
             continue
         names = list(getattr(mod, "__all__", ()))
         classes = [n for n in names if inspect.isclass(getattr(mod, n, None))]
-        # a diagnostic's classes are exported by netdiag; an internal package's are not
-        if any(n in public for n in classes):
+        # a diagnostic's classes are all exported by netdiag; an internal package's (the
+        # engine's, the socket layer's, which may re-export one public class) are not
+        if classes and all(n in public for n in classes):
             sections.append((mod.__name__, names))
             seen.update(names)
     sections.append(("netdiag", [n for n in public if n not in seen]))
