@@ -321,7 +321,8 @@ def _resolve_netdiag_ref(app: Sphinx, env: Any, node: Any, contnode: nodes.Eleme
     2. A name that exists in netdiag under another path than the one it is documented at:
        ``netdiag.engine.ResultStream`` re-exports ``netdiag.engine.stream.ResultStream``.
     3. A name that exists in netdiag but is internal and not documented (an annotation naming
-       the engine's ``Session``): shown as code, without a link.
+       the engine's ``Session``, an instance attribute set in ``__init__``): shown as code,
+       without a link.
 
     4. A name from another project (the standard library, trio): not linked, since the build
        runs without network access and so without intersphinx inventories.
@@ -355,6 +356,15 @@ def _resolve_netdiag_ref(app: Sphinx, env: Any, node: Any, contnode: nodes.Eleme
         if getattr(m, "__name__", "").startswith("netdiag")
         and getattr(getattr(m, top, None), "__module__", None) == m.__name__
     ]
+    # an instance attribute the class sets in its methods (``self.stats = ...``)
+    owner = _lookup(f"{module}.{cls}") if cls else _MISSING
+    if inspect.isclass(owner) and "." not in target:
+        try:
+            source = inspect.getsource(owner)
+        except (OSError, TypeError):
+            source = ""
+        if re.search(rf"self\.{re.escape(target)}\b\s*[:=]", source):
+            return contnode
     for dotted in candidates:
         if not dotted.startswith("netdiag"):
             continue
