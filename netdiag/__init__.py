@@ -22,10 +22,14 @@ from .errors import (
     ResolveError,
 )
 
+# Not lazy: the function shares its name with its module, and importing the module (as every
+# diagnostic does) sets ``netdiag.resolve`` to the module, so __getattr__ would never run and
+# ``from netdiag import resolve`` would give the module.
+from .resolve import resolve
+
 if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and IDEs
     from .knock import Knock, Knocker, KnockResult, KnockStats
     from .ping import Ping, Pinger, PingResult, PingStats
-    from .resolve import resolve
     from .results import ErrorReply
     from .sock import Bind
     from .stats import RttStats
@@ -38,7 +42,6 @@ _LAZY = {
     **dict.fromkeys(("Knock", "Knocker", "KnockResult", "KnockStats"), ".knock"),
     **dict.fromkeys(("Ping", "Pinger", "PingResult", "PingStats"), ".ping"),
     **dict.fromkeys(("Hop", "Responder", "Trace", "TraceProbe", "Tracer", "TraceResult"), ".trace"),
-    "resolve": ".resolve",
     "ErrorReply": ".results",
     "Bind": ".sock",
     "RttStats": ".stats",

@@ -151,11 +151,16 @@ def advice(checks: list[Check]) -> list[str]:
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parser() -> cli.Parser:
+    """The command line of ``python -m netdiag.doctor`` (also rendered in the docs' CLI page)."""
     p = cli.Parser(prog=PROG, description="Report which netdiag modes this user can run.")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     cli.add_version(p)
-    args: argparse.Namespace = p.parse_args(argv)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args: argparse.Namespace = parser().parse_args(argv)
     return cli.guard_pipe(lambda: report(args))
 
 

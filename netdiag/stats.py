@@ -23,26 +23,32 @@ class RttStats:
     rtts: list[float] = field(default_factory=list)
 
     def add(self, rtt: float) -> None:
+        """Record one RTT (seconds)."""
         self.rtts.append(rtt)
 
     @property
     def count(self) -> int:
+        """How many RTTs were recorded."""
         return len(self.rtts)
 
     @property
     def min(self) -> float | None:
+        """Smallest RTT, or None before the first."""
         return min(self.rtts) if self.rtts else None
 
     @property
     def max(self) -> float | None:
+        """Largest RTT, or None before the first."""
         return max(self.rtts) if self.rtts else None
 
     @property
     def avg(self) -> float | None:
+        """Mean RTT, or None before the first."""
         return sum(self.rtts) / len(self.rtts) if self.rtts else None
 
     @property
     def mdev(self) -> float | None:
+        """iputils' mdev (population standard deviation), or None before the first."""
         if not self.rtts:
             return None
         n = len(self.rtts)
@@ -62,18 +68,22 @@ class RttStats:
 
     @property
     def p50(self) -> float | None:
+        """Median (nearest rank), or None before the first RTT."""
         return self.percentile(50)
 
     @property
     def p90(self) -> float | None:
+        """90th percentile (nearest rank), or None before the first RTT."""
         return self.percentile(90)
 
     @property
     def p99(self) -> float | None:
+        """99th percentile (nearest rank), or None before the first RTT."""
         return self.percentile(99)
 
     @property
     def jitter(self) -> float | None:
+        """Mean absolute difference of consecutive RTTs, or None before the second."""
         if len(self.rtts) < 2:
             return None
         r = self.rtts
@@ -91,6 +101,7 @@ class RttStats:
         return f"RttStats(count={self.count}, {vals})"
 
     def as_dict(self) -> dict[str, float | None]:
+        """The statistics as a JSON-ready dict (seconds, None where undefined)."""
         return {
             "min": self.min,
             "avg": self.avg,
@@ -141,6 +152,7 @@ class ProbeStats:
 
     @classmethod
     def of(cls, results: Iterable[Any]) -> Self:
+        """The statistics of a whole run, e.g. ``PingStats.of(await pinger.collect(p))``."""
         s = cls()
         for r in results:
             s.add(r)

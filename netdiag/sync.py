@@ -61,6 +61,7 @@ class PingReport(PingStats):
 
     @classmethod
     def build(cls, addr: IPAddress, results: list[PingResult]) -> PingReport:
+        """The report of a whole ping of ``addr``: its statistics and its results."""
         report = cls.of(results)
         report.addr = addr
         report.results = results

@@ -22,7 +22,16 @@ from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
-from ..cli import EXIT_OK, EXIT_USAGE, Parser, drop_privileges, fail, run, seconds
+from ..cli import (
+    EXIT_OK,
+    EXIT_USAGE,
+    Parser,
+    add_version,
+    drop_privileges,
+    fail,
+    run,
+    seconds,
+)
 from .config import (
     DEFAULT_MAX_RATE,
     Config,
@@ -149,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--privileged", dest="privileged", action="store_true", help="use raw sockets only"
     )
     p.add_argument("-v", "--verbose", action="store_true", help="log every round's problems")
+    add_version(p)
     return p
 
 

@@ -168,6 +168,7 @@ class KnockResult:
         return _flag_text(self.flags)
 
     def as_dict(self) -> dict[str, Any]:
+        """The JSON form (what ``--json`` prints)."""
         d: dict[str, Any] = jsonable(self)
         d["flags"] = _flag_text(self.flags) if self.flags else None
         if self.error is None:
@@ -213,6 +214,7 @@ class KnockStats(ProbeStats):
 
     @property
     def received(self) -> int:
+        """Probes that got an answer: open + closed + ICMP errors."""
         return self.open + self.closed + self.errors
 
     @property
@@ -221,6 +223,7 @@ class KnockStats(ProbeStats):
         return (self.filtered + self.pending) / self.sent if self.sent else 0.0
 
     def as_dict(self) -> dict[str, Any]:
+        """The JSON form (what ``--json`` prints)."""
         return {
             "sent": self.sent,
             "open": self.open,

@@ -132,6 +132,7 @@ class PingResult:
     tx_kernel: bool = False
 
     def as_dict(self) -> dict[str, Any]:
+        """The JSON form (what ``--json`` prints)."""
         d: dict[str, Any] = jsonable(self)
         if self.error is None:
             del d["error"]
@@ -160,9 +161,11 @@ class PingStats(ProbeStats):
 
     @property
     def loss(self) -> float:
+        """Fraction of the sent requests that got no reply (0.0 to 1.0)."""
         return 1.0 - self.received / self.sent if self.sent else 0.0
 
     def as_dict(self) -> dict[str, Any]:
+        """The JSON form (what ``--json`` prints)."""
         return {
             "sent": self.sent,
             "received": self.received,

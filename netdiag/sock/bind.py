@@ -59,4 +59,5 @@ class Bind:
         return cls(v4=a) if a.version == 4 else cls(v6=a)
 
     def for_family(self, v6: bool) -> IPAddress | None:
+        """The source address bound for IPv6 (``v6``) or IPv4, or None."""
         return self.v6 if v6 else self.v4

@@ -47,6 +47,7 @@ class TraceProbe:
     interfaces: tuple[InterfaceInfo, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
+        """The JSON form (what ``--json`` prints)."""
         d: dict[str, Any] = {
             "addr": str(self.addr) if self.addr is not None else None,
             "rtt": self.rtt,
@@ -97,6 +98,7 @@ class Responder:
     mpls: tuple[tuple[MplsEntry, ...], ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
+        """The JSON form (what ``--json`` prints)."""
         return {
             "addr": str(self.addr),
             "name": self.name,
@@ -136,6 +138,7 @@ class Hop:
         return frozenset(r.addr for r in self.responders)
 
     def as_dict(self) -> dict[str, Any]:
+        """The JSON form (what ``--json`` prints)."""
         return {
             "ttl": self.ttl,
             "probes": [p.as_dict() for p in self.probes],
@@ -159,6 +162,7 @@ class Link:
     flows: tuple[int, ...]
 
     def as_dict(self) -> dict[str, Any]:
+        """The JSON form (an entry of ``--json``'s ``links``)."""
         return {
             "ttl": self.ttl,
             "src": str(self.src),
@@ -240,6 +244,7 @@ class TraceResult:
         return arrivals(self.hops)
 
     def as_dict(self) -> dict[str, Any]:
+        """The JSON form (what ``--json`` prints)."""
         nodes = [
             {
                 "ttl": h.ttl,

@@ -129,10 +129,12 @@ class Unreach(enum.Enum):
 
     @property
     def label(self) -> str:
+        """The reason in words, e.g. ``admin-prohibited``."""
         return self.value[0]
 
     @property
     def mark(self) -> str:
+        """traceroute's mark for it, e.g. ``!X``."""
         return self.value[1]
 
 
