@@ -24,7 +24,7 @@ from netdiag.trace.report import report_dict, report_lines
 
 A = ipaddress.ip_address
 R1, R2A, R2B, R3A, R3B, DST = (
-    A(x) for x in ("10.0.1.1", "10.0.2.2", "10.0.3.2", "10.0.4.2", "10.0.5.2", "10.0.6.2")
+    A(x) for x in ("198.18.1.1", "198.18.2.2", "198.18.3.2", "198.18.4.2", "198.18.5.2", "198.18.6.2")
 )
 TARGET = DST
 
@@ -159,7 +159,7 @@ def test_first_round_is_the_baseline_then_a_moved_branch_is_a_change() -> None:
         (2, (), (R2A,)),
         (3, (), (R3A,)),
     ]
-    assert changes[0].round == 3 and str(changes[0]) == "round 3 hop 2: -10.0.2.2"
+    assert changes[0].round == 3 and str(changes[0]) == "round 3 hop 2: -198.18.2.2"
     assert st.add_round(diamond(down_a=True)) == []
     back = st.add_round(diamond())
     assert [(c.ttl, c.appeared, c.vanished) for c in back] == [
@@ -233,7 +233,7 @@ def test_memory_is_bounded_over_many_rounds() -> None:
 async def test_monitor_plans_discovery_then_fixed_flows_and_rediscovers_on_change(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    t = Trace("10.0.6.2", expiry=0.5, max_ttl=30)
+    t = Trace("198.18.6.2", expiry=0.5, max_ttl=30)
     seen: list[tuple[Trace, int, float]] = []
     script = [diamond(), diamond(), diamond(down_a=True), diamond(down_a=True), diamond()]
 
@@ -256,7 +256,7 @@ async def test_monitor_plans_discovery_then_fixed_flows_and_rediscovers_on_chang
     assert [c.round for c in snaps[4].events] == [3, 3, 5, 5]
     assert snaps[-1].reached and snaps[-1].flows == 4
     doc = snaps[-1].as_dict()
-    assert doc["round"] == 5 and doc["hops"][1]["responders"][0]["addr"] == "10.0.2.2"
+    assert doc["round"] == 5 and doc["hops"][1]["responders"][0]["addr"] == "198.18.2.2"
 
 
 async def test_monitor_rediscovers_when_a_round_ends_short_and_every_n(
@@ -270,7 +270,7 @@ async def test_monitor_rediscovers_when_a_round_ends_short_and_every_n(
         kinds.append(rt.flows is None)
         return script[len(kinds) - 1]
 
-    mon = Monitor(Trace("10.0.6.2"), rounds=6, every=0.5, rediscover=4)
+    mon = Monitor(Trace("198.18.6.2"), rounds=6, every=0.5, rediscover=4)
     async for _ in mon.run(run_round, TARGET):
         pass
     # 1 discovery; 2 ends short -> 3 discovery; 4 reaches -> round 4 is the 4th -> 5 discovery
@@ -278,9 +278,9 @@ async def test_monitor_rediscovers_when_a_round_ends_short_and_every_n(
 
 
 def test_monitor_checks_its_arguments() -> None:
-    t = Trace("10.0.6.2")
+    t = Trace("198.18.6.2")
     with pytest.raises(TypeError):
-        Monitor("10.0.6.2")  # type: ignore[arg-type]
+        Monitor("198.18.6.2")  # type: ignore[arg-type]
     for kw in ({"rounds": 0}, {"every": -1.0}, {"every": 0.001}, {"rediscover": 0}):
         with pytest.raises(ValueError):
             Monitor(t, **kw)  # type: ignore[arg-type]
@@ -290,7 +290,7 @@ async def test_reset_during_a_run(autojump_clock: trio.testing.MockClock) -> Non
     async def run_round(rt: Trace, attempt: int) -> list[Hop]:
         return diamond()
 
-    mon = Monitor(Trace("10.0.6.2"), rounds=4, every=1.0)
+    mon = Monitor(Trace("198.18.6.2"), rounds=4, every=1.0)
     sent = []
     async for snap in mon.run(run_round, TARGET):
         sent.append(snap.hops[0].responders[0].sent)
@@ -314,16 +314,16 @@ def _snapshot(n: int = 3) -> Snapshot:
 def test_report_is_mtr_like_with_ecmp_siblings_indented() -> None:
     lines = report_lines(_snapshot(), host="src", start="2026-12-02T05:00:00+0000")
     assert lines[0] == "Start: 2026-12-02T05:00:00+0000"
-    assert lines[1].startswith("Target: 10.0.6.2 (udp port 33434), 4 rounds, 4 flows")
+    assert lines[1].startswith("Target: 198.18.6.2 (udp port 33434), 4 rounds, 4 flows")
     head = lines[2].split()
     assert head == ["HOST:", "src", "Loss%", "Snt", "Last", "Avg", "Best", "Wrst", "StDev"]
     body = lines[3:]
-    assert body[0].startswith("  1.|-- 10.0.1.1 ")
-    assert body[1].startswith("  2.|-- 10.0.2.2 (gone) ")
-    assert body[2].startswith("    |   10.0.3.2 ")
+    assert body[0].startswith("  1.|-- 198.18.1.1 ")
+    assert body[1].startswith("  2.|-- 198.18.2.2 (gone) ")
+    assert body[2].startswith("    |   198.18.3.2 ")
     r3a = body[3].split()
-    assert r3a[:3] == ["3.|--", "10.0.4.2", "(gone)"] and r3a[3:5] == ["33.3%", "6"]
-    assert body[5].split()[1:4] == ["10.0.6.2", "0.0%", "16"]
+    assert r3a[:3] == ["3.|--", "198.18.4.2", "(gone)"] and r3a[3:5] == ["33.3%", "6"]
+    assert body[5].split()[1:4] == ["198.18.6.2", "0.0%", "16"]
     cols = {len(line) for line in lines[2:]}
     assert len(cols) == 1  # one column grid
     doc = report_dict(_snapshot(), host="src")
@@ -368,12 +368,12 @@ def test_live_render_and_sparkline() -> None:
     console.print(render(snap, numeric=True, paused=True, host="src"))
     text = console.export_text()
     assert "round 4, 4 flows/hop" in text and "[PAUSED]" in text
-    assert "└ 10.0.3.2" in text and "10.0.4.2 (gone)" in text
+    assert "└ 198.18.3.2" in text and "198.18.4.2 (gone)" in text
     assert "Route changes:" not in text  # no events in this snapshot
     assert "q quit" in text
     changed = replace(snap, events=(RouteChange(3, 2, (), (R2A,)), RouteChange(4, 3, (R3B,))))
     console = Console(width=140, record=True, color_system=None)
     console.print(render(changed, numeric=True, paused=False, host="src"))
     text = console.export_text()
-    assert "round 3 hop 2: -10.0.2.2" in text and "round 4 hop 3: +10.0.5.2" in text
+    assert "round 3 hop 2: -198.18.2.2" in text and "round 4 hop 3: +198.18.5.2" in text
     assert "PAUSED" not in text
