@@ -24,7 +24,8 @@ from netdiag.trace.report import report_dict, report_lines
 
 A = ipaddress.ip_address
 R1, R2A, R2B, R3A, R3B, DST = (
-    A(x) for x in ("198.18.1.1", "198.18.2.2", "198.18.3.2", "198.18.4.2", "198.18.5.2", "198.18.6.2")
+    A(x)
+    for x in ("198.18.1.1", "198.18.2.2", "198.18.3.2", "198.18.4.2", "198.18.5.2", "198.18.6.2")
 )
 TARGET = DST
 
