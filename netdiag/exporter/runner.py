@@ -15,7 +15,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Awaitable, Callable, Hashable, Iterator
 from typing import Any, TextIO
 
 import trio
@@ -243,9 +243,9 @@ class Runner:
             for r in batch:
                 late.observe(r.lateness)
             if job.kind == "ping":
-                nursery.start_soon(self._ping_batch, job, batch)
+                nursery.start_soon(self._batch, job, batch, self._ping_group)
             elif job.kind == "knock":
-                nursery.start_soon(self._knock_batch, job, batch)
+                nursery.start_soon(self._batch, job, batch, self._knock_group)
             else:
                 for r in batch:
                     nursery.start_soon(self._trace_round, job, r)
@@ -290,24 +290,29 @@ class Runner:
                 seen.append({(item[1], item[2])})
         return groups
 
-    async def _ping_batch(self, job: Job, batch: list[Round]) -> None:
+    async def _batch(
+        self,
+        job: Job,
+        batch: list[Round],
+        run_group: Callable[[Job, Any, list[tuple[Key, IPAddress, int]]], Awaitable[None]],
+    ) -> None:
+        """One job's due ping or knock rounds: resolve them, run each group of distinct
+        targets as one sweep, mark every round finished and time the whole batch."""
         start = trio.current_time()
-        o = job.options
-        assert isinstance(o, PingOptions) and self.pinger is not None
         items = await self._addresses(job, batch)
         try:
             async with trio.open_nursery() as nursery:
                 for group in self._unique(items):
-                    nursery.start_soon(self._ping_group, job, o, group)
+                    nursery.start_soon(run_group, job, job.options, group)
         finally:
             for key, _, _ in items:
                 self._finished(key)
-            self._duration["ping"].observe(trio.current_time() - start)
+            self._duration[job.kind].observe(trio.current_time() - start)
 
     async def _ping_group(
         self, job: Job, o: PingOptions, group: list[tuple[Key, IPAddress, int]]
     ) -> None:
-        assert self.pinger is not None
+        assert isinstance(o, PingOptions) and self.pinger is not None
         by_addr = {addr: key for key, addr, _ in group}
         counts = {key: [0, 0] for key, _, _ in group}
         m = self.metrics
@@ -347,24 +352,10 @@ class Runner:
             if lab is not None:
                 m.ping_round(lab, sent, received)
 
-    async def _knock_batch(self, job: Job, batch: list[Round]) -> None:
-        start = trio.current_time()
-        o = job.options
-        assert isinstance(o, KnockOptions) and self.knocker is not None
-        items = await self._addresses(job, batch)
-        try:
-            async with trio.open_nursery() as nursery:
-                for group in self._unique(items):
-                    nursery.start_soon(self._knock_group, job, o, group)
-        finally:
-            for key, _, _ in items:
-                self._finished(key)
-            self._duration["knock"].observe(trio.current_time() - start)
-
     async def _knock_group(
         self, job: Job, o: KnockOptions, group: list[tuple[Key, IPAddress, int]]
     ) -> None:
-        assert self.knocker is not None
+        assert isinstance(o, KnockOptions) and self.knocker is not None
         by_pair = {(addr, port): key for key, addr, port in group}
         m = self.metrics
         final: dict[Key, tuple[int, str]] = {}  # the state of each target's latest SYN
