@@ -38,7 +38,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from netdiag.trace.options import DEFAULT_REACH
-from netdiag.trace.planner import Planner, Send
+from netdiag.trace.planner import Planner, Send, hops_from_reply_ttl
 from netdiag.trace.results import Hop, TraceProbe
 from netdiag.wire.trace import MDA_95, MDA_99, mda_probes
 
@@ -55,6 +55,7 @@ class Answer:
     terminal: bool = False
     destination: bool = False
     mark: str = ""
+    reply_ttl: int | None = None
 
 
 #: ``(ttl, flow) -> Answer``, or ``None`` for silence.
@@ -67,6 +68,9 @@ class Run:
     sent: list[tuple[float, int, int]] = field(default_factory=list)  # (time, ttl, flow)
     elapsed: float = 0.0
     max_in_flight: int = 0
+    #: The distance probe as sent, when the planner could not file it at a hop (it stays at
+    #: max_ttl: past the route, unless the route is that long).
+    distance: tuple[float, int, int] | None = None
 
     @property
     def per_ttl(self) -> Counter[int]:
@@ -111,11 +115,40 @@ def simulate(planner: Planner, net: Network, expiry: float = 1.0) -> Run:
                 a.delay,
                 a.mark,
                 a.destination,
+                reply_ttl=a.reply_ttl,
+                quoted_ttl=quoted_ttl(net, send, a),
             )
             planner.answered(probe, terminal=a.terminal, now=now)
     assert planner.finished_at is not None
     run.elapsed = planner.finished_at
+    if planner.sent and planner.max_ttl > planner.first_ttl + 1 and _probes_first(planner):
+        # The distance probe (the first sent, TTL max_ttl): where the planner filed it.
+        t0, ttl0, flow0 = run.sent[0]
+        assert (ttl0, flow0) == (planner.max_ttl, 0)
+        if planner.distance_filed:
+            assert planner.distance_ttl is not None
+            run.sent[0] = (t0, planner.distance_ttl, 0)
+        else:
+            run.distance = run.sent[0]
     return run
+
+
+def _probes_first(planner: Planner) -> bool:
+    return planner.minimize == "probes"
+
+
+def quoted_ttl(net: Network, send: Send, a: Answer) -> int | None:
+    """The TTL an ICMP error quotes: what the probe had left where it ended (the lowest TTL
+    at which its flow gets a terminal answer: ``send.ttl`` minus the routers before it);
+    1 for a time-exceeded. Echo and TCP answers quote nothing."""
+    if not a.terminal:
+        return 1 if a.kind == "time-exceeded" else None
+    if a.kind not in ("unreachable",):
+        return None
+    end = next(
+        t for t in range(1, send.ttl + 1) if (b := net(t, send.flow)) is not None and b.terminal
+    )
+    return send.ttl - end + 1
 
 
 def _hash(*parts: object) -> int:
@@ -205,7 +238,7 @@ def test_planner_imports_no_trio_sockets_or_clock() -> None:
             pkg.__path__ = [where]
             sys.modules[name] = pkg
         import netdiag.trace.planner as planner
-        assert planner.Planner(first_ttl=1, max_ttl=3).next_probe() == (1, 0)
+        assert planner.Planner(first_ttl=1, max_ttl=3).next_probe() == (3, 0)  # distance probe
         print(sorted(m for m in sys.modules if m.startswith("netdiag")))
         """
     )
@@ -221,7 +254,7 @@ def test_planner_imports_no_trio_sockets_or_clock() -> None:
 
 
 def test_first_wave_is_the_scout_and_the_window_holds_it_back() -> None:
-    p = Planner(first_ttl=2, max_ttl=30, reach=8, window=3)
+    p = Planner(first_ttl=2, max_ttl=30, reach=8, window=3, minimize="rounds")
     assert [p.next_probe() for _ in range(4)] == [Send(2, 0), Send(3, 0), Send(4, 0), None]
     assert p.in_flight == 3 and p.sent == 3
     p.expired(3, 0, now=1.0)
@@ -230,7 +263,7 @@ def test_first_wave_is_the_scout_and_the_window_holds_it_back() -> None:
 
 
 def test_events_for_probes_not_in_flight_are_refused() -> None:
-    p = Planner(max_ttl=4)
+    p = Planner(max_ttl=4, minimize="rounds")
     send = p.next_probe()
     assert send == Send(1, 0)
     with pytest.raises(ValueError, match="in flight"):
@@ -256,6 +289,8 @@ def test_events_for_probes_not_in_flight_are_refused() -> None:
         ({"confidence": 1.0}, ValueError),
         ({"window": 0}, ValueError),
         ({"max_ttl": 3.0}, TypeError),
+        ({"minimize": "time"}, ValueError),
+        ({"first_hops": 0}, ValueError),
     ],
 )
 def test_bad_parameters(kw: dict, exc: type) -> None:
@@ -287,9 +322,9 @@ def test_probe_budget_on_the_diamond(confidence: float, n1: int, n2: int) -> Non
     two-interface hop), one probe at the destination through each interface of the hop
     before it (r3's two: the scout's, then flow 1 -- a branch that went on beside the one
     that arrived would show there), and beyond it only the scout's look-ahead, one probe per
-    TTL. 95 %: 6 + 11 + 11 + 2 + 4 = 34 (scamper's tracelb: 1 + 11 + 11 + 1 = 24; see
-    docs/trace.md)."""
-    run = simulate(Planner(confidence=confidence), diamond())
+    TTL (``minimize="rounds"``). 95 %: 6 + 11 + 11 + 2 + 4 = 34 (scamper's tracelb:
+    1 + 11 + 11 + 1 = 24; see docs/trace.md)."""
+    run = simulate(Planner(confidence=confidence, minimize="rounds"), diamond())
     assert [h.addrs for h in run.hops] == [
         addrs("198.18.1.1"),
         addrs("198.18.2.2", "198.18.3.2"),
@@ -308,8 +343,9 @@ def test_probe_budget_on_the_diamond(confidence: float, n1: int, n2: int) -> Non
 
 
 def test_probe_budget_on_the_lab_diamond_with_icmp() -> None:
-    """ICMP in the lab takes one branch (Linux does not hash ICMP ids): 6 + 6 + 6 + 1 + 4 = 23."""
-    run = simulate(Planner(), layered([1, 1, 1]))
+    """ICMP in the lab takes one branch (Linux does not hash ICMP ids): 6 + 6 + 6 + 1 + 4 = 23
+    (``minimize="rounds"``: the scout's look-ahead goes 4 TTLs past the destination)."""
+    run = simulate(Planner(minimize="rounds"), layered([1, 1, 1]))
     assert [len(h.probes) for h in run.hops] == [6, 6, 6, 1] and len(run.sent) == 23
 
 
@@ -331,7 +367,7 @@ def test_reach_bounds_the_look_ahead(reach: int, deepest: int) -> None:
     """``reach=max_ttl`` probes every TTL at once (one round trip, every TTL beyond the
     destination wasted); ``reach=1`` goes hop by hop and wastes nothing. Hops and the MDA's
     counts are the same whatever the reach."""
-    run = simulate(Planner(reach=reach, max_ttl=30), diamond())
+    run = simulate(Planner(reach=reach, max_ttl=30, minimize="rounds"), diamond())
     assert [len(h.probes) for h in run.hops] == [6, 11, 11, 2]
     assert run.last.reached and len(run.hops) == 4
     # reach 3: the answer from TTL 3 (the deep end) pushes the scout on to TTLs 4-6
@@ -340,10 +376,93 @@ def test_reach_bounds_the_look_ahead(reach: int, deepest: int) -> None:
 
 
 def test_fixed_flows_mode() -> None:
-    run = simulate(Planner(flows=3), diamond())
+    run = simulate(Planner(flows=3, minimize="rounds"), diamond())
     assert [len(h.probes) for h in run.hops] == [3, 3, 3, 3]
     # N flows through every hop, the destination's too; beyond it only the scout's look-ahead
     assert len(run.sent) == 4 * 3 + DEFAULT_REACH - 4
+
+
+# -- minimize="probes": the distance probe, and hop 1 from the kernel's route -------------------
+
+
+def test_distance_probe_places_the_destination_and_nothing_goes_past_it() -> None:
+    """The first probe is flow 0 with TTL max_ttl (with the scout's TTL 1): the destination's
+    port unreachable quotes TTL 27 (three routers crossed), so it is flow 0's probe at TTL 4;
+    the scout then probes TTLs 2-3 only. With hop 1 known to be one router (the kernel's
+    route: one gateway) hop 1 costs one probe: 1 + 11 + 11 + 2 = 25 (scamper's tracelb: 24,
+    without the second destination probe that would show a branch going on)."""
+    p = Planner(first_hops=1)
+    assert [p.next_probe(), p.next_probe(), p.next_probe()] == [Send(30, 0), Send(1, 0), None]
+    run = simulate(Planner(first_hops=1), diamond())
+    assert [len(h.probes) for h in run.hops] == [1, 11, 11, 2] and len(run.sent) == 25
+    assert run.sent[0][1:] == (4, 0) and run.distance is None  # filed where it arrived
+    assert run.hops[3].responders[0].flows[0] == 0 and run.hops[3].probes[0].quoted_ttl == 27
+    assert max(run.per_ttl) == 4 and run.last.reached
+    assert run.elapsed < 0.01
+
+
+def test_distance_hint_from_the_reply_ttl_when_nothing_is_quoted() -> None:
+    """An echo reply (or a SYN-ACK) quotes nothing, but it arrives with TTL 61: sent with 64,
+    three routers back. The scout goes to TTL 4 and no further; the distance probe itself
+    stays at TTL max_ttl, past the route: 6 + 6 + 6 + 1 + 1 = 20 (23 with the scout's reach)."""
+    base = layered([1, 1, 1])
+
+    def net(ttl: int, flow: int) -> Answer | None:
+        a = base(ttl, flow)
+        if a is not None and a.destination:
+            return Answer(a.addr, a.delay, "echo-reply", True, True, reply_ttl=61)
+        return a
+
+    planner = Planner()
+    run = simulate(planner, net)
+    assert [len(h.probes) for h in run.hops] == [6, 6, 6, 1] and len(run.sent) == 20
+    assert planner.distance_ttl == 4 and not planner.distance_filed
+    assert run.distance is not None and run.distance[1] == 30
+    assert [(p.ttl, p.kind) for p in planner.past_route()] == [(30, "echo-reply")]
+
+
+@pytest.mark.parametrize(("reply_ttl", "hops"), [(61, 4), (64, 1), (1, 32), (120, 9), (250, 6)])
+def test_hops_from_reply_ttl(reply_ttl: int, hops: int) -> None:
+    assert hops_from_reply_ttl(reply_ttl) == hops
+
+
+def test_unanswered_distance_probe_falls_back_to_the_reach() -> None:
+    """A destination that never answers: the distance probe expires, then the scout goes as
+    ``minimize="rounds"`` would -- ``reach`` TTLs, pushed on by each expiry -- one expiry
+    later. Every TTL to max_ttl is still probed."""
+    expiry = 0.5
+    planner = Planner(max_ttl=20)
+    run = simulate(planner, layered([1, 2, 2], silent=frozenset(range(4, 21))), expiry)
+    assert [h.ttl for h in run.hops] == list(range(1, 21)) and not run.last.reached
+    assert planner.distance == "none" and run.distance == (0.0, 20, 0)
+    assert 0 in {p.flow for p in run.hops[-1].probes}  # it counts at TTL 20: silence there
+    assert run.hops[-1].timeouts == MDA_95[0]
+    assert run.elapsed < 7 * expiry
+
+
+def test_distance_probe_expiring_at_max_ttl_means_every_ttl_is_on_the_route() -> None:
+    """A route longer than max_ttl: the distance probe's time-exceeded comes from TTL max_ttl,
+    where it counts as flow 0's probe, and the scout probes every TTL at once."""
+    planner = Planner(max_ttl=8)
+    run = simulate(planner, layered([1] * 12))
+    assert [h.ttl for h in run.hops] == list(range(1, 9)) and not run.last.reached
+    assert planner.distance == "none" and max(run.per_ttl) == 8
+    assert 0 in {p.flow for p in run.hops[-1].probes}
+    assert all(len(h.probes) == MDA_95[0] for h in run.hops)
+
+
+def test_first_hops_from_the_route() -> None:
+    """Hop 1's next hops as the kernel's route gives them: one answer settles a single
+    gateway; with two (ECMP at the source) the MDA stops once both answered; a silent first
+    hop still gets the MDA's n_1 tries."""
+    run = simulate(Planner(first_hops=1), layered([1, 1]))
+    assert [len(h.probes) for h in run.hops] == [1, 6, 1]
+    run = simulate(Planner(first_hops=2), layered([2, 1], seed=7))
+    assert len(run.hops[0].addrs) == 2 and len(run.hops[0].probes) < MDA_95[1]
+    run = simulate(Planner(first_hops=1), layered([1, 1], silent=frozenset({1})), 0.5)
+    assert run.hops[0].timeouts == MDA_95[0] and run.last.reached
+    # first_ttl > 1: hop 1 is not probed, the route says nothing about the first hop probed
+    assert Planner(first_ttl=2, first_hops=1).first_hops is None
 
 
 def test_single_flow_covers_a_long_path() -> None:
@@ -359,7 +478,7 @@ def test_long_path_reach_extends_without_waiting_for_expiry() -> None:
     pushed further by answers from the deep end, so the route takes a few round trips, not an
     expiry, and no probe goes further than ``reach`` beyond the destination."""
     depth = 20
-    run = simulate(Planner(max_ttl=30), layered([1] * (depth - 1)))
+    run = simulate(Planner(max_ttl=30, minimize="rounds"), layered([1] * (depth - 1)))
     assert [h.ttl for h in run.hops] == list(range(1, depth + 1))
     assert run.last.reached and run.last.addrs == {DST} and all(h.addrs for h in run.hops)
     per = run.per_ttl
@@ -374,7 +493,11 @@ def test_silent_tail_is_probed_to_max_ttl_in_reach_steps() -> None:
     max_ttl is still probed, each silent hop with the MDA's n_1 flows, and the reach advances
     a whole step per expiry -- a few expiries in all, not one per hop."""
     expiry = 0.5
-    run = simulate(Planner(max_ttl=20), layered([1, 2, 2], silent=frozenset(range(4, 21))), expiry)
+    run = simulate(
+        Planner(max_ttl=20, minimize="rounds"),
+        layered([1, 2, 2], silent=frozenset(range(4, 21))),
+        expiry,
+    )
     assert [h.ttl for h in run.hops] == list(range(1, 21))
     assert not run.last.reached and run.last.last and not any(h.last for h in run.hops[:-1])
     for h in run.hops[3:]:
@@ -458,6 +581,7 @@ def cases(
         "confidence": draw(st.sampled_from([0.95, 0.99, 0.9])),
         "max_flows": max_flows,
         "window": draw(st.sampled_from([1, 2, 5, 32, 64])),
+        "minimize": draw(st.sampled_from(["probes", "rounds"])),
     }
     jitters = [0.0] if in_order else [0.0, 0.01, 0.5, 1.5] if lossy else [0.0, 0.01, 0.5]
     return Case(
@@ -552,14 +676,17 @@ def test_never_sends_mda_flows_past_the_destination(case: Case) -> None:
     ``reach`` TTLs past the deepest router that answered -- with answers in any order, fixed
     flows and unreachables on some branches (cases the planner sent extra flows past the
     destination in before per-flow reach). Lost probes: see the next test."""
-    _, run = run_case(case)
+    planner, run = run_case(case)
     last = run.last.ttl
-    beyond = [(ttl, flow) for _, ttl, flow in run.sent if ttl > last]
+    sent = [s for s in run.sent if s is not run.distance]  # an unfiled distance probe aside
+    beyond = [(ttl, flow) for _, ttl, flow in sent if ttl > last]
     assert all(flow == 0 for _, flow in beyond)
     assert len(beyond) == len({ttl for ttl, _ in beyond})
+    if planner.distance_filed:
+        assert not beyond  # the distance probe placed the destination: nothing past it
     deepest_router = max([h.ttl for h in run.hops if not h.last], default=0)
     limit = max(case.kw["first_ttl"] + case.kw["reach"] - 1, deepest_router + case.kw["reach"])
-    assert max(ttl for _, ttl, _ in run.sent) <= min(limit, case.kw["max_ttl"])
+    assert max(ttl for _, ttl, _ in sent) <= min(limit, case.kw["max_ttl"])
 
 
 @PROPERTY
@@ -725,16 +852,33 @@ def _paths_are_real(run: Run, net: Network) -> None:
         assert ttl == first, (f, ttl, first)
 
 
-#: Probes per topology at 95 %, seed 0 (pinned: a change in the planner's rules shows here).
-PINNED = {"unequal-by-one": 48, "unequal-by-two": 53, "ecmp-4": 56, "diamonds-in-series": 59}
+#: Probes per topology at 95 %, seed 0 (pinned: a change in the planner's rules shows here):
+#: by default (the distance probe first); with hop 1 known from the kernel's route
+#: (``first_hops=1``: what the Tracer passes for a route with one gateway); and with
+#: ``minimize="rounds"`` (the scout's reach at once). docs/trace.md compares them with
+#: scamper's tracelb.
+PINNED = {
+    "unequal-by-one": (40, 35, 48),
+    "unequal-by-two": (45, 40, 53),
+    "ecmp-4": (52, 47, 56),
+    "diamonds-in-series": (52, 47, 59),
+}
+MODES = ({}, {"first_hops": 1}, {"minimize": "rounds"})
 
 
+@pytest.mark.parametrize("mode", range(3), ids=["probes", "first-hops-1", "rounds"])
 @pytest.mark.parametrize("name", sorted(TOPOLOGIES))
-def test_probe_counts_per_topology(name: str) -> None:
+def test_probe_counts_per_topology(name: str, mode: int) -> None:
     net = graph_net(TOPOLOGIES[name], 0)
-    run = simulate(Planner(), net)
+    truth = brute_force(net)
+    run = simulate(Planner(**MODES[mode]), net)  # type: ignore[arg-type]
     _paths_are_real(run, net)
-    assert len(run.sent) == PINNED[name]
+    assert {h.ttl: {str(a) for a in h.addrs} for h in run.hops} == {
+        t: s for t, s in truth.items() if t <= run.last.ttl
+    }
+    assert len(run.sent) == PINNED[name][mode]
+    if mode < 2:
+        assert run.distance is None and run.last.ttl == max(run.per_ttl)  # nothing past it
 
 
 @pytest.mark.parametrize("confidence", [0.95, 0.99])

@@ -142,7 +142,10 @@ class SimSockets(RawSockets):
             if ttl >= self.depth:
                 router = dst
             typ, code = (11, 0) if ttl < self.depth else (3, 3)
-            quote = build_ipv4_header(src, dst, proto, len(data), ttl=1, ident=pid) + data
+            # the header as it arrived: TTL 1 where it expired, less one per router before
+            # the destination (the distance probe's answer says how far it went)
+            left = 1 if ttl < self.depth else ttl - self.depth + 1
+            quote = build_ipv4_header(src, dst, proto, len(data), ttl=left, ident=pid) + data
             reply = icmp4_error(router, typ, code, quote)
 
             async def later() -> None:
@@ -204,9 +207,13 @@ def test_sim_mda_finds_both_branches_and_follows_the_rule() -> None:
     # the planner's counts, through the engine (test_trace_planner pins them without it)
     # (the destination's hop: one flow through each of r3's two interfaces)
     assert flows_at == {1: MDA_95[0], 2: MDA_95[1], 3: MDA_95[1], 4: 2}
-    assert r.sent == len(fam.sent) == 34
-    # the scout's look-ahead beyond the destination: in the result, not in any hop
-    assert {(p.ttl, p.flow) for p in r.past} == {(t, 0) for t in range(5, 9)}
+    assert r.sent == len(fam.sent) == 30
+    # the distance probe left first with TTL 30; the destination's answer quoted the TTL it
+    # arrived with (27: three routers), so it is flow 0's probe at TTL 4 -- and nothing went
+    # past the destination
+    assert fam.sent[0][0] == 30
+    assert 0 in {p.flow for p in r.hops[3].probes} and r.past == ()
+    assert max(ttl for ttl, _, _ in fam.sent[1:]) == 4
     # Paris: each flow took one branch at every TTL -- its r2 and r3 agree -- and kept its
     # source port at every TTL
     for flow in range(flows_at[2]):

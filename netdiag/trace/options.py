@@ -8,9 +8,10 @@ from typing import Literal
 
 from ..validate import check_float, check_int, expiry_not_timeout
 
-__all__ = ["DEFAULT_PORTS", "DEFAULT_REACH", "Proto", "Trace"]
+__all__ = ["DEFAULT_PORTS", "DEFAULT_REACH", "Minimize", "Proto", "Trace"]
 
 Proto = Literal["udp", "tcp", "icmp"]
+Minimize = Literal["probes", "rounds"]
 DEFAULT_PORTS = {"udp": 33434, "tcp": 80}
 
 #: Default ``Trace.reach``: the scout probes this many TTLs ahead (traceroute's 16 probes in
@@ -40,6 +41,13 @@ class Trace:
     probes beyond the destination are wasted (and spend its ICMP rate limit). ``max_ttl``
     probes the whole range at once: one round trip on long paths, many wasted probes on short
     ones.
+
+    ``minimize`` is the trade-off between probes and round trips. ``"probes"`` (the default)
+    first sends one probe with TTL ``max_ttl``: the destination's answer says how far it is
+    (an ICMP error quotes the TTL the probe arrived with; other answers hint it by their own
+    TTL), so the scout probes exactly up to it -- no probe past the destination -- for one
+    round trip more. ``"rounds"`` sends the scout's ``reach`` TTLs at once, without waiting:
+    fewer round trips, and probes past the destination when it is nearer than ``reach``.
     """
 
     addr: ipaddress.IPv4Address | ipaddress.IPv6Address | str
@@ -55,6 +63,7 @@ class Trace:
     dns: bool = False
     dns_timeout: float = 1.0
     reach: int = DEFAULT_REACH
+    minimize: Minimize = "probes"
 
     def __post_init__(self) -> None:
         if isinstance(self.addr, str):
@@ -89,6 +98,10 @@ class Trace:
             )
         check_int("window", self.window, 1, 65536)
         check_int("reach", self.reach, 1, 255)
+        if self.minimize not in ("probes", "rounds"):
+            raise ValueError(
+                f"Trace.minimize must be 'probes' or 'rounds', not {self.minimize!r}"
+            )
         if not isinstance(self.dns, bool):
             raise TypeError(f"dns must be True or False, not {self.dns!r}")
         check_float("dns_timeout", self.dns_timeout, 0.0, 60.0, open_low=True)

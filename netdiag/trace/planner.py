@@ -35,6 +35,18 @@ alone: which probe goes next depends on how many are in flight.
 * *The scout*: flow 0 probes TTLs ``first_ttl .. first_ttl + reach - 1`` at once; a router's
   answer (or silence) from the deeper half of that range pushes the reach to ``ttl + reach``
   (never past ``max_ttl``). A TTL whose scout's flow had ended gets the lowest eligible flow.
+* *The distance probe* (``minimize="probes"``, the default): before the scout goes past
+  ``first_ttl``, flow 0 is sent once with TTL ``max_ttl``. The destination's answer quotes
+  the probe's header as it arrived, so its TTL says how many routers the probe crossed: the
+  answer *is* flow 0's probe at that distance ``d`` (same flow, same path), and is filed
+  there; the scout then probes ``first_ttl+1 .. d-1`` and nothing beyond. An answer without
+  a quote (TCP, ICMP echo) still hints ``d`` by its own TTL (the sender's initial TTL is one of
+  32, 64, 128, 255): the scout goes that far, and the probe stays where it was sent (past the
+  route). No answer: the scout falls back to ``reach``. One round trip more, no probe wasted
+  past the destination. ``minimize="rounds"`` skips it (the scout's ``reach`` at once).
+* *The first hop*: when the caller knows how many next hops the first hop has (the kernel's
+  route to the target: one gateway, or an ECMP set), hop ``1`` needs no MDA beyond that: one
+  answer settles a single first hop; with several, the MDA stops as soon as all are seen.
 * *The MDA's flows*: a hop gets flows beyond the scout's only once it is *open*: a deeper hop
   answered as a router, or one of its own probes was answered or expired. Then its *quota* is
   :func:`~netdiag.wire.trace.mda_probes` for the interfaces seen so far, routers and the target
@@ -57,7 +69,8 @@ from __future__ import annotations
 
 import ipaddress
 from collections import deque
-from typing import NamedTuple
+from dataclasses import replace
+from typing import Literal, NamedTuple
 
 from ..validate import check_int
 from ..wire.trace import mda_probes
@@ -70,8 +83,20 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _NEVER = 1 << 16  # a TTL beyond any: "this flow has not ended"
 
+#: The initial TTLs senders use (RFC 1700's 64 for most; 32, 128, 255 for some stacks): a reply
+#: that arrives with TTL ``t`` most likely left with the smallest of these ``>= t``.
+INITIAL_TTLS = (32, 64, 128, 255)
+
+
+def hops_from_reply_ttl(reply_ttl: int) -> int:
+    """How far away a sender probably is, from the TTL its packet arrived with: the routers it
+    crossed (its initial TTL minus ``reply_ttl``) plus one. A guess (the return path may
+    differ from the forward one): the distance probe uses it only as the scout's reach."""
+    initial = next(t for t in INITIAL_TTLS if t >= reply_ttl)
+    return initial - reply_ttl + 1
+
 # Why a probe is in a wave (checked again when its turn comes).
-_SCOUT, _MDA, _COVER = 0, 1, 2
+_SCOUT, _MDA, _COVER, _DISTANCE = 0, 1, 2, 3
 
 
 class Send(NamedTuple):
@@ -110,6 +135,8 @@ class Planner:
         confidence: float = 0.95,
         max_flows: int = 64,
         window: int = 32,
+        minimize: Literal["probes", "rounds"] = "probes",
+        first_hops: int | None = None,
     ) -> None:
         check_int("first_ttl", first_ttl, 1, 255)
         check_int("max_ttl", max_ttl, 1, 255)
@@ -121,13 +148,20 @@ class Planner:
             check_int("flows", flows, 1, max_flows)
         mda_probes(1, confidence)  # raises ValueError for a confidence outside (0, 1)
         check_int("window", window, 1, 65536)
+        if minimize not in ("probes", "rounds"):
+            raise ValueError(f"minimize must be 'probes' or 'rounds', not {minimize!r}")
+        if first_hops is not None:
+            check_int("first_hops", first_hops, 1, 1024)
         self.first_ttl = first_ttl
         self.max_ttl = max_ttl
         self.step = reach
+        self.minimize = minimize
         self.flows = flows
         self.confidence = confidence
         self.max_flows = max_flows
         self.window = window
+        #: How many interfaces hop 1 has, when the caller knows (the kernel's route).
+        self.first_hops = first_hops if first_ttl == 1 else None
 
         self._hops: dict[int, _HopState] = {}
         self._in_flight: set[tuple[int, int]] = set()
@@ -146,6 +180,20 @@ class Planner:
         #: How deep probes may go for now (the destination's distance is unknown): the scout
         #: probes ``first_ttl..reach``; answers from the deep end push it further.
         self.reach = min(first_ttl + reach - 1, max_ttl)
+        #: The distance probe's state: ``"pending"`` while it is in flight (the scout waits at
+        #: ``first_ttl``), ``"known"`` once an answer placed the destination (the reach is
+        #: then exact, or a hint), ``"none"`` without one (never sent, or unanswered).
+        self.distance: Literal["pending", "known", "none"] = "none"
+        #: The destination's distance on flow 0, as the distance probe measured or hinted it.
+        self.distance_ttl: int | None = None
+        #: The distance probe was filed at ``distance_ttl`` (its answer quoted the TTL it
+        #: arrived with); else it stays at ``max_ttl``, where it was sent.
+        self.distance_filed = False
+        self._held = 0  # the deepest TTL that would have extended the reach while it was pending
+        if minimize == "probes" and max_ttl > first_ttl + 1:
+            self.distance = "pending"
+            self._wave.append((max_ttl, 0, _DISTANCE, None))
+            self.reach = first_ttl
         #: The deepest TTL a router answered from (so it lies before the end of some flow).
         self.known = 0
         #: The next TTL to emit as settled.
@@ -173,6 +221,11 @@ class Planner:
             if self.in_flight >= self.window:
                 return None
             ttl, flow, why, via = wave.popleft()
+            if why == _DISTANCE:
+                if self.distance == "pending" and (ttl, flow) not in self._in_flight:
+                    self._hand_out(ttl, flow)
+                    return Send(ttl, flow)
+                continue
             if ttl > self.horizon:
                 wave.clear()  # and plan anew: the route ended before the rest of this wave
                 continue
@@ -181,15 +234,19 @@ class Planner:
             h = self._hops.get(ttl)
             if h is not None and not self._still_wanted(h, why, via):
                 continue  # answers meanwhile settled what this probe was for
-            if h is None:
-                h = self._hops[ttl] = _HopState(ttl)
-            h.sent[flow] = None
-            h.pending.add(flow)
-            self.in_flight += 1
-            self.sent += 1
-            self._in_flight.add((ttl, flow))
+            self._hand_out(ttl, flow)
             return Send(ttl, flow)
         return None
+
+    def _hand_out(self, ttl: int, flow: int) -> None:
+        h = self._hops.get(ttl)
+        if h is None:
+            h = self._hops[ttl] = _HopState(ttl)
+        h.sent[flow] = None
+        h.pending.add(flow)
+        self.in_flight += 1
+        self.sent += 1
+        self._in_flight.add((ttl, flow))
 
     def settled_hops(self) -> list[Hop]:
         """The hops settled since the last call, in TTL order (the last has ``last=True``)."""
@@ -225,6 +282,13 @@ class Planner:
             raise ValueError("an answer names who answered (addr is None)")
         ttl, flow = probe.ttl, probe.flow
         h = self._resolve(ttl, flow)
+        if self.distance == "pending" and (ttl, flow) == (self.max_ttl, 0):
+            placed = self._place_distance(h, probe, terminal)
+            if placed is not None:
+                h, probe = placed
+                ttl = probe.ttl
+            if self._held:
+                self._extend_reach(self._held)
         h.answers[flow] = probe
         self.probes.append(probe)
         if terminal:
@@ -243,8 +307,51 @@ class Planner:
         probe = TraceProbe(ttl, flow, "timeout")
         h.answers[flow] = probe
         self.probes.append(probe)
-        self._extend_reach(ttl)
+        if self.distance == "pending" and (ttl, flow) == (self.max_ttl, 0):
+            self._no_distance()  # the scout falls back to its reach
+            if self._held:
+                self._extend_reach(self._held)
+        else:
+            self._extend_reach(ttl)
         self._advance(now)
+
+    # -- the distance probe --------------------------------------------------------------
+
+    def _place_distance(
+        self, h: _HopState, probe: TraceProbe, terminal: bool
+    ) -> tuple[_HopState, TraceProbe] | None:
+        """The distance probe's answer: file it at the TTL it arrived with, if the answer
+        quotes that (returns the hop and the probe as filed there); else take the hint its
+        own TTL gives, or fall back to the scout's reach (returns ``None``: it stays where it
+        was sent)."""
+        first, last = self.first_ttl, self.max_ttl
+        if terminal and probe.quoted_ttl is not None and 1 <= probe.quoted_ttl <= last:
+            d = last - probe.quoted_ttl + 1  # routers crossed, plus one
+            there = self._hops.get(d)
+            if first <= d < last and (there is None or 0 not in there.sent):
+                del h.sent[0]
+                if not h.sent:
+                    del self._hops[last]
+                if there is None:
+                    there = self._hops[d] = _HopState(d)
+                there.sent[0] = None
+                self.distance, self.distance_ttl, self.distance_filed = "known", d, True
+                self.reach = max(self.reach, d)
+                return there, replace(probe, ttl=d)
+        if terminal and probe.destination and probe.reply_ttl:
+            d = max(first, min(hops_from_reply_ttl(probe.reply_ttl), last))
+            self.distance, self.distance_ttl = "known", d
+            self.reach = max(self.reach, d)
+            return None
+        if not terminal and probe.kind == "time-exceeded":
+            self.distance = "none"  # the route is longer than max_ttl: every TTL is on it
+            return None
+        self._no_distance()
+        return None
+
+    def _no_distance(self) -> None:
+        self.distance = "none"
+        self.reach = max(self.reach, min(self.first_ttl + self.step - 1, self.max_ttl))
 
     # -- the rules -----------------------------------------------------------------------
 
@@ -319,7 +426,13 @@ class Planner:
         destination alike), capped at ``max_flows``."""
         if self.flows is not None:
             return self.flows
-        routers, ends, _ = self._split(h)
+        routers, ends, silent = self._split(h)
+        if h.ttl == 1 and self.first_hops is not None:
+            seen = len(routers) + len(ends)
+            if seen >= self.first_hops:
+                return 0  # every next hop the route has answered
+            if not seen and not silent:
+                return 1  # the scout's answer first
         if (
             ends
             and not routers
@@ -382,7 +495,16 @@ class Planner:
         """When a probe at ``ttl`` is answered by a router or expires: near the deep end of the
         reach, it extends it, so the scout keeps ``reach`` hops ahead, up to ``max_ttl``."""
         step = self.step
-        if ttl > self.reach - max(1, step // 2) and self.reach < self.max_ttl:
+        if self.distance == "pending":
+            self._held = max(self._held, ttl)  # applied once the distance probe is resolved
+            return
+        # Once the distance is known, only a router at the deep end itself says the route
+        # goes on beyond it (unequal branches; a hint that was short).
+        if self.distance == "known":
+            deep = ttl >= self.reach
+        else:
+            deep = ttl > self.reach - max(1, step // 2)
+        if deep and self.reach < self.max_ttl:
             self.reach = min(ttl + step, self.max_ttl)
 
     def _plan(self) -> list[tuple[int, int, int, IPAddress | None]]:

@@ -31,7 +31,9 @@ class TraceProbe:
     ``mpls`` is the label stack an MPLS router quoted in its time-exceeded or unreachable (RFC
     4950, top entry first), ``interfaces`` the RFC 5837 interface information objects: both
     from the message's RFC 4884 extensions (raw sockets only: the datagram mode's error queue
-    does not carry them).
+    does not carry them). ``quoted_ttl`` is the TTL the probe had left when it reached the
+    responder, as an ICMP error quotes it (``None`` for other answers): 1 from the router it
+    expired at; from the destination it tells how many routers the probe crossed.
     """
 
     ttl: int
@@ -45,6 +47,7 @@ class TraceProbe:
     info: int = 0
     mpls: tuple[MplsEntry, ...] = ()
     interfaces: tuple[InterfaceInfo, ...] = ()
+    quoted_ttl: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON form (what ``--json`` prints)."""
@@ -56,6 +59,7 @@ class TraceProbe:
             "mark": self.mark,
             "destination": self.destination,
             "reply_ttl": self.reply_ttl,
+            "quoted_ttl": self.quoted_ttl,
         }
         if self.mpls:
             d["mpls"] = [_mpls_dict(e) for e in self.mpls]

@@ -70,8 +70,10 @@ class TraceSession(ProbeSession[_Probe, Answer]):
         flows_of: TraceSession | None = None,
         attempt: int = 0,
         keep_flows: bool = False,
+        first_hops: int | None = None,
     ) -> None:
-        """``flows_of``, ``attempt`` and ``keep_flows`` serve traces repeated in rounds
+        """``first_hops`` is how many next hops the kernel's route to ``target`` has (hop 1's
+        interfaces), if known. ``flows_of``, ``attempt`` and ``keep_flows`` serve traces repeated in rounds
         (:mod:`netdiag.trace.monitor`): a round sends on the flows (and with the tokens) of
         an earlier round's session ``flows_of`` -- the same Paris flows every round -- with
         probe ids of ``attempt`` so its keys never meet an earlier round's lingering ones;
@@ -107,6 +109,8 @@ class TraceSession(ProbeSession[_Probe, Answer]):
             confidence=trace.confidence,
             max_flows=trace.max_flows,
             window=trace.window,
+            minimize=trace.minimize,
+            first_hops=first_hops,
         )
         self.late = 0
         self.duplicates = 0
@@ -185,6 +189,7 @@ class TraceSession(ProbeSession[_Probe, Answer]):
             # issue 13: RFC 4884 extensions (MPLS label stack, interface information)
             mpls=event.ext.mpls if event.ext is not None else (),
             interfaces=event.ext.interfaces if event.ext is not None else (),
+            quoted_ttl=event.quote_ttl,
         )
         return outcome, event.terminal
 
