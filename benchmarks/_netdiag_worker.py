@@ -342,7 +342,8 @@ async def run_trace(args: argparse.Namespace) -> dict:
     """``args.count`` full routes (after one warm-up that fills neighbour caches), MDA 95 %."""
     from netdiag import Trace, Tracer
 
-    trace = Trace(args.addr, proto=args.proto, expiry=args.expiry, confidence=0.95, max_ttl=16)
+    trace = Trace(args.addr, proto=args.proto, expiry=args.expiry, confidence=0.95, max_ttl=16,
+                  minimize=args.minimize)  # fmt: skip
     elapsed: list[float] = []
     sents: list[int] = []
     answered = 0
@@ -369,6 +370,7 @@ async def run_trace(args: argparse.Namespace) -> dict:
         "version": netdiag.__version__,
         "mode": "trace",
         "proto": args.proto,
+        "minimize": args.minimize,
         "runs": args.count,
         # Issue 13: a run once printed the *last* trace's count and hop set (23 probes, hops
         # [1, 1, 1, 1]: the MDA at 95 % stopped after 6 flows that all took one branch, which
@@ -401,6 +403,8 @@ def main() -> None:
     p.add_argument("--addr", help="single target (ping)")
     p.add_argument("--ports", default="80", help="comma-separated ports (knock)")
     p.add_argument("--proto", default="udp", help="trace protocol")
+    p.add_argument("--minimize", default="probes", choices=("probes", "rounds"),
+                   help="Trace.minimize")  # fmt: skip
     p.add_argument("--count", type=int, default=1)
     p.add_argument("--interval", type=float, default=0.0)
     p.add_argument("--expiry", type=float, default=2.0)

@@ -90,6 +90,13 @@ def parser() -> cli.Parser:
         default=32,
         help="probes in flight at once (default 32)",
     )
+    p.add_argument(
+        "--minimize",
+        choices=("probes", "rounds"),
+        default="probes",
+        help="probes (default): one probe finds the destination's distance first, none goes "
+        "past it; rounds: look 8 TTLs ahead at once, one round trip less",
+    )
     p.add_argument("-n", dest="numeric", action="store_true", help="do not look up names")
     cli.add_privilege(
         p, "UDP over ordinary UDP sockets and their error queues (no CAP_NET_RAW; UDP only)"
@@ -200,6 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             window=args.window,
             dns=not args.numeric,
             dns_timeout=0.5,
+            minimize=args.minimize,
         )
         if args.report or args.live:
             from .monitor_cli import run_rounds
@@ -231,6 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "protocol": proto,
                 "port": trace.dport if proto != "icmp" else None,
                 "mode": mode,
+                "minimize": trace.minimize,
                 "reached": reached,
                 "late": late,
                 "hops": [h.as_dict() for h in hops],

@@ -99,9 +99,7 @@ class Trace:
         check_int("window", self.window, 1, 65536)
         check_int("reach", self.reach, 1, 255)
         if self.minimize not in ("probes", "rounds"):
-            raise ValueError(
-                f"Trace.minimize must be 'probes' or 'rounds', not {self.minimize!r}"
-            )
+            raise ValueError(f"Trace.minimize must be 'probes' or 'rounds', not {self.minimize!r}")
         if not isinstance(self.dns, bool):
             raise TypeError(f"dns must be True or False, not {self.dns!r}")
         check_float("dns_timeout", self.dns_timeout, 0.0, 60.0, open_low=True)

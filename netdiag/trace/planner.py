@@ -95,6 +95,7 @@ def hops_from_reply_ttl(reply_ttl: int) -> int:
     initial = next(t for t in INITIAL_TTLS if t >= reply_ttl)
     return initial - reply_ttl + 1
 
+
 # Why a probe is in a wave (checked again when its turn comes).
 _SCOUT, _MDA, _COVER, _DISTANCE = 0, 1, 2, 3
 

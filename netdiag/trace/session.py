@@ -73,12 +73,12 @@ class TraceSession(ProbeSession[_Probe, Answer]):
         first_hops: int | None = None,
     ) -> None:
         """``first_hops`` is how many next hops the kernel's route to ``target`` has (hop 1's
-        interfaces), if known. ``flows_of``, ``attempt`` and ``keep_flows`` serve traces repeated in rounds
-        (:mod:`netdiag.trace.monitor`): a round sends on the flows (and with the tokens) of
-        an earlier round's session ``flows_of`` -- the same Paris flows every round -- with
-        probe ids of ``attempt`` so its keys never meet an earlier round's lingering ones;
-        ``keep_flows`` (implied by ``flows_of``) leaves the flows reserved when the session
-        closes: the monitor releases them at its end."""
+        interfaces), if known. ``flows_of``, ``attempt`` and ``keep_flows`` serve traces
+        repeated in rounds (:mod:`netdiag.trace.monitor`): a round sends on the flows (and
+        with the tokens) of an earlier round's session ``flows_of`` -- the same Paris flows
+        every round -- with probe ids of ``attempt`` so its keys never meet an earlier
+        round's lingering ones; ``keep_flows`` (implied by ``flows_of``) leaves the flows
+        reserved when the session closes: the monitor releases them at its end."""
         super().__init__(tracer.engine, trace.expiry)
         self.tracer = tracer
         self.trace = trace

@@ -134,10 +134,17 @@ class ProbeSockets:
     """One family's socket set, shared by every trace of that family."""
 
     v6: bool
+    route: RouteFinder
 
     def source(self, dst: IPAddress) -> bytes:
         """The local address the kernel routes ``dst`` from (connecting sends nothing)."""
         raise NotImplementedError
+
+    def first_hops(self, dst: IPAddress) -> int | None:
+        """How many next hops the kernel's route to ``dst`` has -- hop 1's interfaces: 1 for
+        one gateway (or on-link), the ECMP set's size -- or ``None`` when it does not say.
+        Asked over netlink: nothing is sent."""
+        return self.route.first_hops(dst)
 
     def flows(self, spec: FlowSpec) -> Flows:
         """The flows of one new trace."""

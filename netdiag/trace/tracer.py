@@ -192,6 +192,7 @@ class Tracer(Diagnostic):
         target = await resolve(t.addr)
         sockets: ProbeSockets = self._family(target.version == 6)
         src = sockets.source(target)
+        first_hops = _first_hops(sockets, t, target)
         owner: list[TraceSession] = []
 
         async def run_round(rt: Trace, attempt: int) -> list[Hop]:
@@ -204,6 +205,7 @@ class Tracer(Diagnostic):
                 flows_of=owner[0] if owner else None,
                 attempt=attempt,
                 keep_flows=True,
+                first_hops=first_hops,
             )
             if not owner:
                 owner.append(session)
@@ -257,7 +259,9 @@ class Tracer(Diagnostic):
         target = await resolve(trace.addr)
         sockets: ProbeSockets = self._family(target.version == 6)
         src = sockets.source(target)
-        session = TraceSession(self, trace, target, sockets, src)
+        session = TraceSession(
+            self, trace, target, sockets, src, first_hops=_first_hops(sockets, trace, target)
+        )
         if box is not None:
             box.append(session)
         async for hop in stream(self._engine, session):
@@ -319,3 +323,11 @@ class Tracer(Diagnostic):
                     await ev.wait()
         rs = tuple(replace(r, name=self._names.get(r.addr)) for r in hop.responders)
         return replace(hop, responders=rs)
+
+
+def _first_hops(sockets: ProbeSockets, trace: Trace, target: IPAddress) -> int | None:
+    """Hop 1's next hops from the kernel's route, when the trace starts at TTL 1 and runs the
+    MDA (fixed flows probe every hop alike): one gateway settles hop 1 with one answer."""
+    if trace.first_ttl != 1 or trace.flows is not None:
+        return None
+    return sockets.first_hops(target)
