@@ -21,7 +21,8 @@ Modules, one concept each:
 =================== ==========================================================================
 ``bind``            addresses and :class:`Bind` (source address / interface per family)
 ``probe_socket``    :class:`ProbeSocket`: the named socket kinds, sending, batched receiving
-``route``           :class:`RouteFinder` (source discovery), TCP source-port reservation
+``route``           :class:`RouteFinder` (source discovery, first hops of the kernel's
+                    route over rtnetlink), TCP source-port reservation
 ``family``          :class:`PerFamily`: one object's sockets per IP family, or why not
 =================== ==========================================================================
 """

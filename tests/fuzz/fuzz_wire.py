@@ -2,13 +2,16 @@
 
 Run one target: ``python tests/fuzz/fuzz_wire.py TARGET [libFuzzer flags]``, e.g.
 ``python tests/fuzz/fuzz_wire.py icmp -max_total_time=60``. Targets: ``ip``, ``icmp``,
-``echo``, ``tcp``, ``knock``, ``trace``. A target fails (exits non-zero, printing the input)
-when a parser raises: they must turn every byte string into a value or ``None``.
+``echo``, ``tcp``, ``knock``, ``trace``, ``rtnetlink``. A target fails (exits non-zero,
+printing the input) when a parser raises: they must turn every byte string into a value or
+``None`` -- except the rtnetlink parsers, whose contract is ``ValueError`` for malformed input
+and ``OSError`` for a kernel error reply, and nothing else.
 ``tests/fuzz/test_fuzz.py`` runs each for a few seconds in CI.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import atheris
@@ -16,7 +19,7 @@ import dpkt  # noqa: F401  -- heavy dependencies loaded uninstrumented: only net
 import trio  # noqa: F401
 
 with atheris.instrument_imports(include=["netdiag"]):
-    from netdiag.wire import icmp, ip, knock, tcp, trace
+    from netdiag.wire import icmp, ip, knock, rtnetlink, tcp, trace
 
 SRC4, SRC6 = bytes([198, 18, 6, 2]), bytes(15) + b"\x02"
 
@@ -75,6 +78,17 @@ def fuzz_trace(data: bytes) -> None:
             _ = (reply.mark, reply.terminal, reply.from_destination)
 
 
+def fuzz_rtnetlink(data: bytes) -> None:
+    for parse in (rtnetlink.parse_route, rtnetlink.parse_nexthop):
+        try:
+            route = parse(data)
+        except (ValueError, OSError):
+            continue
+        _ = route.first_hops
+    with contextlib.suppress(ValueError):
+        rtnetlink.parse_messages(data)
+
+
 TARGETS = {
     "ip": fuzz_ip,
     "icmp": fuzz_icmp,
@@ -82,6 +96,7 @@ TARGETS = {
     "tcp": fuzz_tcp,
     "knock": fuzz_knock,
     "trace": fuzz_trace,
+    "rtnetlink": fuzz_rtnetlink,
 }
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).parent
-TARGETS = ["ip", "icmp", "echo", "tcp", "knock", "trace"]
+TARGETS = ["ip", "icmp", "echo", "tcp", "knock", "trace", "rtnetlink"]
 SECONDS = int(os.environ.get("NETDIAG_FUZZ_SECONDS", "3"))
 
 NO_ATHERIS = "atheris not installed (pip install atheris: a CPython 3.11 x86_64 wheel, or clang)"
