@@ -310,6 +310,32 @@ def reap(h: Handle, label: str = "", ticker: bool = False) -> Proc:
     )
 
 
+
+def scamper_hops(doc: dict) -> list[int]:
+    """Interfaces per TTL in one scamper ``tracelb`` JSON document (first hop, then every
+    probe's responder, by the probe's TTL): what the multipath rows compare with the routes'
+    ground truth, so a count that bought less shows as such."""
+    at: dict[int, set[str]] = {}
+    for node in doc.get("nodes", []):
+        if node.get("q_ttl") == 1:
+            at.setdefault(1, set()).add(node["addr"])
+
+    def walk(o: object) -> None:
+        if isinstance(o, dict):
+            if "addr" in o and "probes" in o:
+                for p in o["probes"]:
+                    if p.get("replies"):
+                        at.setdefault(int(p["ttl"]), set()).add(o["addr"])
+            for v in o.values():
+                walk(v)
+        elif isinstance(o, list):
+            for v in o:
+                walk(v)
+
+    walk(doc.get("nodes", []))
+    return [len(at[t]) for t in sorted(at)]
+
+
 def run_in(lab: Lab, node: str, argv: list[str], *, timeout: float, label: str,
            ticker: bool = True, stderr_inherit: bool = False) -> Proc:  # fmt: skip
     """Run ``argv`` in ``node`` to completion; see :func:`spawn` and :func:`reap`."""
@@ -881,26 +907,8 @@ class Bench:
             want = [counts[t] for t in sorted(counts)]
             with Lab(topo) as lab:
                 dst = str(lab.dst.v4)
-                argv = [self.py, str(HERE / "_netdiag_worker.py"), "trace", "--addr", dst,
-                        "--proto", "udp", "--count", str(repeat),
-                        "--expiry", "1.0", "--deadline", str(self.args.deadline)]  # fmt: skip
-                row = Row("netdiag", f"multipath {name} udp", 0)
-                proc = run_in(lab, "src", argv, timeout=self.args.deadline + 10,
-                              label=f"trace {name}", ticker=self.progress)  # fmt: skip
-                self._parse_worker(row, proc)
-                row.probes = row.sent
-                x = row.extra
-                if x:
-                    row.work_wall = x["elapsed_median"]
-                    seen = x.get("hops_all", [x["hops"]])
-                    misses = sum(1 for h in seen if h != want)
-                    counts_ = sorted(x["sent_all"])
-                    row.note = (f"{counts_[len(counts_) // 2]} probes/trace (min {counts_[0]}, "
-                                f"max {counts_[-1]}), hops {want} in {len(seen) - misses}/"
-                                f"{len(seen)}")  # fmt: skip
-                    if misses:
-                        self.log(f"trace {name}: {misses} of {len(seen)} traces incomplete")
-                self._finish(row, proc, None)
+                for minimize in ("probes", "rounds"):  # Trace.minimize: the default, then the other
+                    self._trace_row(lab, name, dst, repeat, minimize, want)
                 if not shutil.which("scamper"):
                     continue
                 argv = ["scamper", "-O", "json", "-c", "tracelb -P udp-sport -c 95", "-i", dst]
@@ -911,9 +919,36 @@ class Bench:
                         d = json.loads(line)
                         if d.get("type") == "tracelb":
                             row.probes = row.sent = row.received = int(d["probec"])
-                            row.note = (f"tracelb -P udp-sport -c 95: probec {d['probec']}, "
-                                        f"links {d.get('linkc')}")  # fmt: skip
+                            got = scamper_hops(d)
+                            row.note = (f"tracelb -P udp-sport -c 95: probec {d['probec']}, hops "
+                                        f"{got}{' (complete)' if got == want else ' INCOMPLETE'}, "
+                                        f"expected {want}")  # fmt: skip
                 self._finish(row, proc, None)
+
+    def _trace_row(self, lab: Lab, name: str, dst: str, repeat: int, minimize: str,
+                   want: list[int]) -> None:  # fmt: skip
+        """One netdiag row of :meth:`trace_topologies`: ``repeat`` traces, counts and misses."""
+        argv = [self.py, str(HERE / "_netdiag_worker.py"), "trace", "--addr", dst,
+                "--proto", "udp", "--count", str(repeat), "--minimize", minimize,
+                "--expiry", "1.0", "--deadline", str(self.args.deadline)]  # fmt: skip
+        row = Row("netdiag", f"multipath {name} udp" + ("" if minimize == "probes" else
+                                                        " (minimize=rounds)"), 0)  # fmt: skip
+        proc = run_in(lab, "src", argv, timeout=self.args.deadline + 10,
+                      label=f"trace {name}", ticker=self.progress)  # fmt: skip
+        self._parse_worker(row, proc)
+        row.probes = row.sent
+        x = row.extra
+        if x:
+            row.work_wall = x["elapsed_median"]
+            seen = x.get("hops_all", [x["hops"]])
+            misses = sum(1 for h in seen if h != want)
+            counts_ = sorted(x["sent_all"])
+            row.note = (f"{counts_[len(counts_) // 2]} probes/trace (min {counts_[0]}, "
+                        f"max {counts_[-1]}), hops {want} in {len(seen) - misses}/"
+                        f"{len(seen)}")  # fmt: skip
+            if misses:
+                self.log(f"trace {name}: {misses} of {len(seen)} traces incomplete")
+        self._finish(row, proc, None)
 
     # -- knock ---------------------------------------------------------------------------------
 

@@ -42,7 +42,7 @@ from .knock import Knock, Knocker, KnockResult, KnockStats
 from .ping import Ping, Pinger, PingResult, PingStats
 from .resolve import resolve
 from .sock import Bind, IPAddress
-from .trace import Proto, Trace, Tracer, TraceResult
+from .trace import Minimize, Proto, Trace, Tracer, TraceResult
 
 __all__ = ["KnockReport", "PingReport", "knock", "ping", "sweep", "trace"]
 
@@ -265,6 +265,7 @@ def trace(
     dns: bool = False,
     dns_timeout: float = 1.0,
     reach: int = 8,
+    minimize: Minimize = "probes",
     bind: Bind | None = None,
     privileged: bool | None = None,
 ) -> TraceResult:
@@ -285,6 +286,7 @@ def trace(
         dns,
         dns_timeout,
         reach,
+        minimize,
     )
     tracer = Tracer(bind, privileged=privileged)
     return _run(lambda: _use(tracer, lambda t: t.collect(spec)))

@@ -17,13 +17,14 @@ The package, one concept per file:
 Probe encoding and reply classification are in :mod:`netdiag.wire.trace`.
 """
 
-from .options import DEFAULT_PORTS, Proto, Trace
+from .options import DEFAULT_PORTS, Minimize, Proto, Trace
 from .results import Hop, Responder, TraceProbe, TraceResult
 from .tracer import Tracer
 
 __all__ = [
     "DEFAULT_PORTS",
     "Hop",
+    "Minimize",
     "Proto",
     "Responder",
     "Trace",
