@@ -260,7 +260,8 @@ class Planner:
         return [Send(t, f) for t, f in sorted(self._in_flight)]
 
     def past_route(self) -> tuple[TraceProbe, ...]:
-        """The probes sent beyond the last hop (the scout's look-ahead past the destination),
+        """The probes sent beyond the last hop (the scout's look-ahead past the destination, or
+        a distance probe not filed at a hop),
         in TTL order: their outcome if it came, else kind ``"unresolved"`` (still in flight
         when the route was complete)."""
         past = [p for p in self.probes if p.ttl > self.horizon]

@@ -217,7 +217,8 @@ class TraceResult:
 
     ``sent`` counts probes, ``late`` answers that came after their probe expired (never credited
     to anything), ``elapsed`` the seconds from the first probe to the last hop. ``past`` are
-    the probes sent beyond the last hop (the scout's look-ahead), with their outcome if it came
+    the probes sent beyond the last hop (the scout's look-ahead with ``minimize="rounds"``; a
+    distance probe whose answer quoted nothing), with their outcome if it came
     before the trace ended (else kind ``"unresolved"``). The route as a graph: :attr:`paths`,
     :attr:`links`, :attr:`arrivals`.
     """
