@@ -261,9 +261,8 @@ class Planner:
 
     def past_route(self) -> tuple[TraceProbe, ...]:
         """The probes sent beyond the last hop (the scout's look-ahead past the destination, or
-        a distance probe not filed at a hop),
-        in TTL order: their outcome if it came, else kind ``"unresolved"`` (still in flight
-        when the route was complete)."""
+        a distance probe not filed at a hop), in TTL order: their outcome if it came, else kind
+        ``"unresolved"`` (still in flight when the route was complete)."""
         past = [p for p in self.probes if p.ttl > self.horizon]
         past += [TraceProbe(t, f, "unresolved") for t, f in self._in_flight if t > self.horizon]
         return tuple(sorted(past, key=lambda p: (p.ttl, p.flow)))
