@@ -25,7 +25,7 @@ import pytest
 import trio
 import trio.testing
 
-from netdiag.errors import FamilyUnavailableError, NetdiagError, PrivilegeError
+from netdiag.errors import FamilyUnavailableError, PrivilegeError
 from netdiag.sock import ExtErr, Packet
 from netdiag.trace import Trace, Tracer, TraceResult
 from netdiag.trace.sockets import (
@@ -35,7 +35,7 @@ from netdiag.trace.sockets import (
     icmp_classifier,
     queued_udp_classifier,
 )
-from netdiag.trace.tracer import FlowBlocks
+from netdiag.trace.tracer import FlowBlocks, FlowsExhausted
 from netdiag.wire.ip import build_ipv4_header
 from netdiag.wire.trace import MDA_95, PROTO_ICMP, PROTO_UDP
 
@@ -310,7 +310,7 @@ def test_flow_blocks_disjoint_and_refused_when_full() -> None:
         b = FlowBlocks()
         b.cursor = random.randrange(1 << 16)
         got = []
-        with pytest.raises(NetdiagError, match="too many concurrent traces"):
+        with pytest.raises(FlowsExhausted, match="too many concurrent traces"):
             for _ in range(10):
                 got.append(b.alloc(DST4, PROTO_UDP, 1024))
         assert len(got) >= 3  # 4536 ports: first fit always leaves room for three blocks
@@ -325,6 +325,34 @@ def test_flow_blocks_disjoint_and_refused_when_full() -> None:
             b.free(DST4, PROTO_UDP, x)
         assert (DST4, PROTO_UDP) not in b.blocks
         assert b.alloc(DST4, PROTO_UDP, 1024) >= 61000
+
+
+def test_traces_beyond_the_flow_blocks_wait_for_one_instead_of_failing() -> None:
+    """A loop of short traces to one target: each holds its block of 64 source ports for the
+    trace and its linger (2 s), and 61000-65535 makes 70 blocks. The 71st trace used to fail
+    with "too many concurrent traces"; it now waits until a lingering block is given back --
+    and so do 100 traces started at once."""
+
+    async def main():  # type: ignore[no-untyped-def]
+        async with SimTracer(lambda ttl, sport, n: 0.001) as t:
+            start = trio.current_time()
+            looped = [await t.collect(Trace("198.18.6.2", expiry=0.5)) for _ in range(100)]
+            loop_time = trio.current_time() - start
+            at_once: list[TraceResult] = []
+
+            async def one() -> None:
+                at_once.append(await t.collect(Trace("198.18.6.2", expiry=0.5)))
+
+            async with trio.open_nursery() as n:
+                for _ in range(100):
+                    n.start_soon(one)
+            return looped, loop_time, at_once
+
+    looped, loop_time, at_once = run_virtual(main)  # type: ignore[misc]
+    assert len(looped) == len(at_once) == 100
+    assert all(r.reached and len(r.hops) == 4 for r in looped + at_once)
+    # 70 traces took ~1 ms each; the rest waited for the first blocks' linger to end
+    assert 2.0 <= loop_time < 3.0
 
 
 # -- the deprecated names ------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import time
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -31,7 +31,12 @@ from .sockets import PORT_HI, PORT_LO, DgramSockets, Flows, ProbeSockets, RawSoc
 if TYPE_CHECKING:
     from .monitor import Monitor, Snapshot
 
-__all__ = ["FlowBlocks", "Tracer"]
+__all__ = ["FlowBlocks", "FlowsExhausted", "Tracer"]
+
+
+class FlowsExhausted(NetdiagError):
+    """Every flow id block towards one target is reserved (by running or lingering traces).
+    The Tracer waits for a block rather than raising this to the caller."""
 
 
 class FlowBlocks:
@@ -47,6 +52,8 @@ class FlowBlocks:
         #: ``(target, protocol) -> [(base, size), ...]`` reserved now
         self.blocks: dict[tuple[bytes, int], list[tuple[int, int]]] = {}
         self.cursor = random.randrange(0x10000)
+        #: called after a block is given back (the Tracer wakes traces waiting for one)
+        self.on_free: Callable[[], None] | None = None
 
     def alloc(self, dst: bytes, proto: int, size: int) -> int:
         """The first id of a block of ``size`` flow ids (source ports, or echo identifiers)
@@ -67,7 +74,7 @@ class FlowBlocks:
                 used.append((base, size))
                 self.cursor = base - lo + size
                 return base
-        raise NetdiagError(f"too many concurrent traces to one target ({len(used)})")
+        raise FlowsExhausted(f"too many concurrent traces to one target ({len(used)})")
 
     def free(self, dst: bytes, proto: int, base: int) -> None:
         """Give back the block starting at ``base``."""
@@ -78,6 +85,8 @@ class FlowBlocks:
                 break
         if not used:
             self.blocks.pop((dst, proto), None)
+        if self.on_free is not None:
+            self.on_free()
 
 
 class Tracer(Diagnostic):
@@ -103,6 +112,8 @@ class Tracer(Diagnostic):
     ) -> None:
         super().__init__(bind, rcvbuf, privileged)
         self._flows = FlowBlocks()
+        self._flows.on_free = self._block_freed
+        self._freed: trio.Event | None = None
         self._names: dict[IPAddress, str | None] = {}
         self._pending_names: dict[IPAddress, trio.Event] = {}
         #: answers that came after their probe expired or its trace ended (never credited)
@@ -196,16 +207,18 @@ class Tracer(Diagnostic):
         owner: list[TraceSession] = []
 
         async def run_round(rt: Trace, attempt: int) -> list[Hop]:
-            session = TraceSession(
-                self,
-                rt,
-                target,
-                sockets,
-                src,
-                flows_of=owner[0] if owner else None,
-                attempt=attempt,
-                keep_flows=True,
-                first_hops=first_hops,
+            session = await self._session(
+                lambda: TraceSession(
+                    self,
+                    rt,
+                    target,
+                    sockets,
+                    src,
+                    flows_of=owner[0] if owner else None,
+                    attempt=attempt,
+                    keep_flows=True,
+                    first_hops=first_hops,
+                )
             )
             if not owner:
                 owner.append(session)
@@ -259,8 +272,9 @@ class Tracer(Diagnostic):
         target = await resolve(trace.addr)
         sockets: ProbeSockets = self._family(target.version == 6)
         src = sockets.source(target)
-        session = TraceSession(
-            self, trace, target, sockets, src, first_hops=_first_hops(sockets, trace, target)
+        first_hops = _first_hops(sockets, trace, target)
+        session = await self._session(
+            lambda: TraceSession(self, trace, target, sockets, src, first_hops=first_hops)
         )
         if box is not None:
             box.append(session)
@@ -268,6 +282,25 @@ class Tracer(Diagnostic):
             if trace.dns:
                 hop = await self._named(hop, trace.dns_timeout)
             yield hop
+
+    async def _session(self, make: Callable[[], TraceSession]) -> TraceSession:
+        """``make()``, once a flow id block towards the target is free. A block is held for
+        the whole trace and its linger (``LINGER`` s, so stragglers are recognised), and the
+        raw mode's 4,536 source ports make ~70 blocks of 64: traces to one target beyond that
+        -- a loop of short traces, or many at once -- wait for a block to come back rather
+        than fail."""
+        while True:
+            try:
+                return make()
+            except FlowsExhausted:
+                if self._freed is None:
+                    self._freed = trio.Event()
+                await self._freed.wait()
+
+    def _block_freed(self) -> None:
+        if self._freed is not None:
+            self._freed.set()
+            self._freed = None
 
     # -- linger --------------------------------------------------------------------------------
 
