@@ -31,7 +31,7 @@ import sys
 import textwrap
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -182,8 +182,8 @@ def layered(
         ):
             addr = f"198.18.{100 + unreachable}.1"
             return Answer(addr, delay(ttl, flow), "unreachable", True, False, "!X")
-        if ttl >= depth:
-            return Answer(str(DST), delay(ttl, flow), "unreachable", True, True)
+        if ttl >= depth:  # (as long to come back whatever TTL the probe had left)
+            return Answer(str(DST), delay(depth, flow), "unreachable", True, True)
         branch = _hash(seed, ttl, flow) % widths[ttl - 1]
         addr = f"198.18.{100 + ttl}.{1 + branch}"
         return Answer(addr, delay(ttl, flow))
@@ -449,6 +449,42 @@ def test_distance_probe_expiring_at_max_ttl_means_every_ttl_is_on_the_route() ->
     assert planner.distance == "none" and max(run.per_ttl) == 8
     assert 0 in {p.flow for p in run.hops[-1].probes}
     assert all(len(h.probes) == MDA_95[0] for h in run.hops)
+
+
+def test_while_the_distance_probe_is_out_the_scout_steps_one_ttl_per_router() -> None:
+    """A destination that never answers, 9 routers before it: while the distance probe waits
+    for its expiry, each router's answer at the scout's deepest TTL sends the next TTL (a
+    router there means the flow goes on: never a probe past the destination), so all nine are
+    known long before the expiry -- and then the silent tail as ``minimize="rounds"`` does it."""
+    expiry = 0.5
+    net = layered([1] * 9, silent=frozenset(range(10, 31)))
+    run = simulate(Planner(first_hops=1), net, expiry)
+    first_at: dict[int, float] = {}
+    for t, ttl, _flow in run.sent:
+        first_at.setdefault(ttl, t)
+    assert all(first_at[ttl] < 0.1 for ttl in range(1, 11))  # 1 ms per hop, not an expiry
+    assert [h.ttl for h in run.hops] == list(range(1, 31)) and not run.last.reached
+    assert all(h.addrs for h in run.hops[:9]) and not any(h.addrs for h in run.hops[9:])
+
+
+def test_a_scout_that_arrives_first_makes_the_distance_probe_a_spare() -> None:
+    """The destination's answer to the distance probe is slow (rate-limited, say): the scout,
+    stepping on routers' answers, reaches the destination first. The distance probe then only
+    confirms the distance; it stays at max_ttl, past the route."""
+    base = layered([1, 1, 1])
+
+    def net(ttl: int, flow: int) -> Answer | None:
+        a = base(ttl, flow)
+        if a is not None and ttl == 30:
+            return replace(a, delay=0.2)
+        return a
+
+    planner = Planner(first_hops=1)
+    run = simulate(planner, net)
+    assert [len(h.probes) for h in run.hops] == [1, 6, 6, 1] and run.last.reached
+    assert planner.distance == "pending"  # the route was complete before its answer came
+    assert run.distance is not None and [p.ttl for p in planner.past_route()] == [30]
+    assert max(ttl for _, ttl, _ in run.sent[1:]) == 4
 
 
 def test_first_hops_from_the_route() -> None:

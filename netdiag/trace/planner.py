@@ -42,8 +42,11 @@ alone: which probe goes next depends on how many are in flight.
   there; the scout then probes ``first_ttl+1 .. d-1`` and nothing beyond. An answer without
   a quote (TCP, ICMP echo) still hints ``d`` by its own TTL (the sender's initial TTL is one of
   32, 64, 128, 255): the scout goes that far, and the probe stays where it was sent (past the
-  route). No answer: the scout falls back to ``reach``. One round trip more, no probe wasted
-  past the destination. ``minimize="rounds"`` skips it (the scout's ``reach`` at once).
+  route). While it is out the scout steps: a router's answer at its deepest TTL sends the
+  next TTL (that flow goes on, so never past the destination; a destination that never
+  answers costs no expiry before the routers are known). No answer: the scout falls back to
+  ``reach``. About one round trip more, no probe wasted past the destination.
+  ``minimize="rounds"`` skips it (the scout's ``reach`` at once).
 * *The first hop*: when the caller knows how many next hops the first hop has (the kernel's
   route to the target: one gateway, or an ECMP set), hop ``1`` needs no MDA beyond that: one
   answer settles a single first hop; with several, the MDA stops as soon as all are seen.
@@ -299,6 +302,11 @@ class Planner:
             self._first_end = min(self._first_end, ttl)
         else:
             self.known = max(self.known, ttl)
+            if self.distance == "pending" and ttl >= self.reach:
+                # A router at the scout's deepest TTL: that flow goes at least one TTL
+                # further, so the next is probed now -- never past the destination, and a
+                # silent destination costs no expiry before the scout goes on.
+                self.reach = min(ttl + 1, self.max_ttl)
             self._extend_reach(ttl)
         self._advance(now)
 
@@ -329,7 +337,16 @@ class Planner:
         if terminal and probe.quoted_ttl is not None and 1 <= probe.quoted_ttl <= last:
             d = last - probe.quoted_ttl + 1  # routers crossed, plus one
             there = self._hops.get(d)
-            if first <= d < last and (there is None or 0 not in there.sent):
+            if d == last:  # where it was sent: nothing to move
+                self.distance, self.distance_ttl, self.distance_filed = "known", d, True
+                self.reach = last
+                return None
+            if first <= d and there is not None and 0 in there.sent:
+                # the scout, stepping meanwhile, got there first: this one is a spare
+                self.distance, self.distance_ttl = "known", d
+                self.reach = max(self.reach, d)
+                return None
+            if first <= d:
                 del h.sent[0]
                 if not h.sent:
                     del self._hops[last]
