@@ -343,7 +343,8 @@ async def run_trace(args: argparse.Namespace) -> dict:
     from netdiag import Trace, Tracer
 
     trace = Trace(args.addr, proto=args.proto, expiry=args.expiry, confidence=0.95, max_ttl=16,
-                  minimize=args.minimize)  # fmt: skip
+                  minimize=args.minimize,
+                  stop_at_first_arrival=args.first_arrival)  # fmt: skip
     elapsed: list[float] = []
     sents: list[int] = []
     answered = 0
@@ -405,6 +406,8 @@ def main() -> None:
     p.add_argument("--proto", default="udp", help="trace protocol")
     p.add_argument("--minimize", default="probes", choices=("probes", "rounds"),
                    help="Trace.minimize")  # fmt: skip
+    p.add_argument("--first-arrival", action="store_true",
+                   help="Trace.stop_at_first_arrival")  # fmt: skip
     p.add_argument("--count", type=int, default=1)
     p.add_argument("--interval", type=float, default=0.0)
     p.add_argument("--expiry", type=float, default=2.0)

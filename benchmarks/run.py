@@ -907,8 +907,10 @@ class Bench:
             want = [counts[t] for t in sorted(counts)]
             with Lab(topo) as lab:
                 dst = str(lab.dst.v4)
-                for minimize in ("probes", "rounds"):  # Trace.minimize: the default, then the other
-                    self._trace_row(lab, name, dst, repeat, minimize, want)
+                # the default, then each trade-off: Trace.minimize="rounds", and
+                # stop_at_first_arrival (scamper's rule at the destination's hop)
+                for minimize, first in (("probes", False), ("rounds", False), ("probes", True)):
+                    self._trace_row(lab, name, dst, repeat, minimize, want, first)
                 if not shutil.which("scamper"):
                     continue
                 argv = ["scamper", "-O", "json", "-c", "tracelb -P udp-sport -c 95", "-i", dst]
@@ -926,13 +928,16 @@ class Bench:
                 self._finish(row, proc, None)
 
     def _trace_row(self, lab: Lab, name: str, dst: str, repeat: int, minimize: str,
-                   want: list[int]) -> None:  # fmt: skip
+                   want: list[int], first_arrival: bool) -> None:  # fmt: skip
         """One netdiag row of :meth:`trace_topologies`: ``repeat`` traces, counts and misses."""
         argv = [self.py, str(HERE / "_netdiag_worker.py"), "trace", "--addr", dst,
                 "--proto", "udp", "--count", str(repeat), "--minimize", minimize,
                 "--expiry", "1.0", "--deadline", str(self.args.deadline)]  # fmt: skip
-        row = Row("netdiag", f"multipath {name} udp" + ("" if minimize == "probes" else
-                                                        " (minimize=rounds)"), 0)  # fmt: skip
+        mode = "" if minimize == "probes" else " (minimize=rounds)"
+        if first_arrival:
+            argv.append("--first-arrival")
+            mode += " (stop_at_first_arrival)"
+        row = Row("netdiag", f"multipath {name} udp{mode}", 0)
         proc = run_in(lab, "src", argv, timeout=self.args.deadline + 10,
                       label=f"trace {name}", ticker=self.progress)  # fmt: skip
         self._parse_worker(row, proc)

@@ -266,6 +266,7 @@ def trace(
     dns_timeout: float = 1.0,
     reach: int = 8,
     minimize: Minimize = "probes",
+    stop_at_first_arrival: bool = False,
     bind: Bind | None = None,
     privileged: bool | None = None,
 ) -> TraceResult:
@@ -287,6 +288,7 @@ def trace(
         dns_timeout,
         reach,
         minimize,
+        stop_at_first_arrival,
     )
     tracer = Tracer(bind, privileged=privileged)
     return _run(lambda: _use(tracer, lambda t: t.collect(spec)))

@@ -245,6 +245,29 @@ def run_cli(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize("v", [4, 6])
+def test_cli_probe_economy_flags(lab: Lab, v: int) -> None:
+    """The CLI's two trade-offs on the diamond (UDP, MDA 95 %, both branches found): the
+    default 25 probes (hop 1 from the kernel's route, the distance probe filed at TTL 4, one
+    probe at TTL 4 through each of r3's interfaces); ``--first-arrival`` 24, scamper's
+    tracelb's count (TTL 4 settled by the first arrival); ``--minimize rounds`` 29 (the
+    scout's 4 probes past the destination, in ``past``)."""
+    want = {(): 25, ("--first-arrival",): 24, ("--minimize", "rounds"): 29}
+    for flags, count in want.items():
+        for _ in range(3):  # a 95 % MDA misses a branch 1 time in 32: then fewer
+            p = run_cli(lab, "-n", "--json", *flags, str(lab.dst.addr(v)))
+            assert p.returncode == 0, p.stderr
+            doc = json.loads(p.stdout)
+            assert doc["minimize"] == ("rounds" if "rounds" in flags else "probes")
+            if [len(h["responders"]) for h in doc["hops"]] == [1, 2, 2, 1]:
+                assert doc["sent"] == count, flags
+                assert len(doc["past"]) == (4 if "rounds" in flags else 0)
+                assert len(doc["hops"][3]["probes"]) == (1 if "--first-arrival" in flags else 2)
+                break
+        else:
+            pytest.fail(f"{flags}: three traces missed a branch")
+
+
+@pytest.mark.parametrize("v", [4, 6])
 @pytest.mark.parametrize("flag", ["-U", "-T", "-I"])
 def test_cli_json_matches_topology(lab: Lab, listener: int, v: int, flag: str) -> None:
     # 16 flows per hop: both branches are found unless all 16 hash alike (2**-15)

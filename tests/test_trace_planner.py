@@ -917,6 +917,46 @@ def test_probe_counts_per_topology(name: str, mode: int) -> None:
         assert run.distance is None and run.last.ttl == max(run.per_ttl)  # nothing past it
 
 
+#: With ``stop_at_first_arrival`` (and hop 1 from the route): scamper's tracelb's counts on
+#: these topologies (docs/trace.md), equal-length ones complete, unequal ones cut short.
+FIRST_ARRIVAL = {
+    "unequal-by-one": (24, False),
+    "unequal-by-two": (24, False),
+    "ecmp-4": (44, True),
+    "diamonds-in-series": (46, True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TOPOLOGIES))
+def test_stop_at_first_arrival_spends_what_scamper_does(name: str) -> None:
+    net = graph_net(TOPOLOGIES[name], 0)
+    truth = brute_force(net)
+    run = simulate(Planner(first_hops=1, stop_at_first_arrival=True), net)
+    _paths_are_real(run, net)
+    got = {h.ttl: {str(a) for a in h.addrs} for h in run.hops}
+    assert all(got[t] <= truth[t] for t in got)
+    depth = max(t for t, s in truth.items() if s != {D}) + 1
+    count, complete = FIRST_ARRIVAL[name]
+    assert len(run.sent) == count
+    assert (got == {t: s for t, s in truth.items() if t <= depth}) is complete
+    assert len(simulate(Planner(first_hops=1, stop_at_first_arrival=True), diamond()).sent) == 24
+
+
+def test_stop_at_first_arrival_misses_unequal_branches_the_default_finds() -> None:
+    """Why it is not the default: over 100 hash seeds on the unequal branches, settling the
+    destination's hop on its first arrival cuts the route short whenever that arrival came by
+    the short branch (about half the time); the look through every interface finds it."""
+    for name in ("unequal-by-one", "unequal-by-two"):
+        cut = {True: 0, False: 0}
+        for seed in range(100):
+            net = graph_net(TOPOLOGIES[name], seed)
+            truth = brute_force(net)
+            for first in (True, False):
+                run = simulate(Planner(first_hops=1, stop_at_first_arrival=first), net)
+                cut[first] += max(h.ttl for h in run.hops) < max(truth)
+        assert cut[True] >= 30 and cut[False] == 0, (name, cut)
+
+
 @pytest.mark.parametrize("confidence", [0.95, 0.99])
 @pytest.mark.parametrize("name", sorted(TOPOLOGIES))
 def test_completeness_is_at_least_what_the_mda_promises(name: str, confidence: float) -> None:

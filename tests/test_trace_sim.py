@@ -556,6 +556,8 @@ def test_dgram_mode_refuses_icmp_and_tcp_traces() -> None:
         ({"reach": 2.0}, TypeError),
         ({"max_ttl": 3.0}, TypeError),
         ({"dns": "yes"}, TypeError),
+        ({"minimize": "time"}, ValueError),
+        ({"stop_at_first_arrival": 1}, TypeError),
     ],
 )
 def test_trace_validation(kw: dict, exc: type) -> None:

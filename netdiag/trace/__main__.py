@@ -97,6 +97,12 @@ def parser() -> cli.Parser:
         help="probes (default): one probe finds the destination's distance first, none goes "
         "past it; rounds: look 8 TTLs ahead at once, one round trip less",
     )
+    p.add_argument(
+        "--first-arrival",
+        action="store_true",
+        help="settle the destination's hop on its first answer, as scamper's tracelb (fewer "
+        "probes; a longer branch beside the destination may go unseen)",
+    )
     p.add_argument("-n", dest="numeric", action="store_true", help="do not look up names")
     cli.add_privilege(
         p, "UDP over ordinary UDP sockets and their error queues (no CAP_NET_RAW; UDP only)"
@@ -208,6 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             dns=not args.numeric,
             dns_timeout=0.5,
             minimize=args.minimize,
+            stop_at_first_arrival=args.first_arrival,
         )
         if args.report or args.live:
             from .monitor_cli import run_rounds

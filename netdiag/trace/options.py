@@ -48,6 +48,12 @@ class Trace:
     TTL), so the scout probes exactly up to it -- no probe past the destination -- for one
     round trip more. ``"rounds"`` sends the scout's ``reach`` TTLs at once, without waiting:
     fewer round trips, and probes past the destination when it is nearer than ``reach``.
+
+    ``stop_at_first_arrival``: by default the destination's hop is probed through every
+    interface of the hop before it, so a longer branch beside the destination is found (a
+    flow there meets a router instead). ``True`` settles that hop on the first arrival, as
+    scamper's ``tracelb`` does: ``k - 1`` probes fewer for ``k`` interfaces before the
+    destination, and routes with branches of unequal length may be reported cut short.
     """
 
     addr: ipaddress.IPv4Address | ipaddress.IPv6Address | str
@@ -64,6 +70,7 @@ class Trace:
     dns_timeout: float = 1.0
     reach: int = DEFAULT_REACH
     minimize: Minimize = "probes"
+    stop_at_first_arrival: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.addr, str):
@@ -100,6 +107,10 @@ class Trace:
         check_int("reach", self.reach, 1, 255)
         if self.minimize not in ("probes", "rounds"):
             raise ValueError(f"Trace.minimize must be 'probes' or 'rounds', not {self.minimize!r}")
+        if not isinstance(self.stop_at_first_arrival, bool):
+            raise TypeError(
+                f"stop_at_first_arrival must be True or False, not {self.stop_at_first_arrival!r}"
+            )
         if not isinstance(self.dns, bool):
             raise TypeError(f"dns must be True or False, not {self.dns!r}")
         check_float("dns_timeout", self.dns_timeout, 0.0, 60.0, open_low=True)

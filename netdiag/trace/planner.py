@@ -56,7 +56,9 @@ alone: which probe goes next depends on how many are in flight.
   alike (capped at ``max_flows``), or exactly ``flows`` flows, each to its own end, when fixed.
 * *Coverage*: every router interface at ``ttl - 1`` gets a flow through it probed at ``ttl``
   (a second try after a timeout), so a branch that goes on beside one that arrived is seen.
-  Where only the target answered, coverage is all the hop needs (the destination's hop).
+  Where only the target answered, coverage is all the hop needs (the destination's hop) --
+  or nothing, with ``stop_at_first_arrival`` (scamper's tracelb: ``k - 1`` probes fewer for
+  ``k`` interfaces before the destination, and a longer branch beside it can go unseen).
 * *Settled*: every probe sent to the hop answered or expired and the rules met; hops are
   emitted strictly in TTL order. The *last* hop is the first where only terminal answers came
   (no flow went on), or ``max_ttl``; :attr:`Planner.horizon` becomes its TTL.
@@ -141,6 +143,7 @@ class Planner:
         window: int = 32,
         minimize: Literal["probes", "rounds"] = "probes",
         first_hops: int | None = None,
+        stop_at_first_arrival: bool = False,
     ) -> None:
         check_int("first_ttl", first_ttl, 1, 255)
         check_int("max_ttl", max_ttl, 1, 255)
@@ -160,6 +163,7 @@ class Planner:
         self.max_ttl = max_ttl
         self.step = reach
         self.minimize = minimize
+        self.stop_at_first_arrival = stop_at_first_arrival
         self.flows = flows
         self.confidence = confidence
         self.max_flows = max_flows
@@ -451,13 +455,17 @@ class Planner:
                 return 0  # every next hop the route has answered
             if not seen and not silent:
                 return 1  # the scout's answer first
-        if (
-            ends
-            and not routers
-            and all(p.destination for f, p in h.answers.items() if f in h.terminal)
-        ):
+        if self._arrivals_only(h, routers, ends):
             return 0
         return min(mda_probes(max(1, len(routers) + len(ends)), self.confidence), self.max_flows)
+
+    def _arrivals_only(self, h: _HopState, routers: set[IPAddress], ends: set[IPAddress]) -> bool:
+        """Did only the target answer at hop ``h`` so far (every flow there arrived)?"""
+        return (
+            bool(ends)
+            and not routers
+            and all(p.destination for f, p in h.answers.items() if f in h.terminal)
+        )
 
     def _uncovered(self, h: _HopState) -> list[tuple[IPAddress, list[int]]]:
         """The router interfaces of the hop before ``h`` whose successors at ``h`` nobody has
@@ -466,6 +474,8 @@ class Planner:
         that arrived is never cut off); a second try after a timeout, then it is given up."""
         if self.flows is not None or h.ttl == self.first_ttl:
             return []
+        if self.stop_at_first_arrival and self._arrivals_only(h, *self._split(h)[:2]):
+            return []  # as scamper's tracelb: an arrival settles the destination's hop
         prev = self._hops.get(h.ttl - 1)
         if prev is None:
             return []

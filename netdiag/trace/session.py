@@ -111,6 +111,7 @@ class TraceSession(ProbeSession[_Probe, Answer]):
             window=trace.window,
             minimize=trace.minimize,
             first_hops=first_hops,
+            stop_at_first_arrival=trace.stop_at_first_arrival,
         )
         self.late = 0
         self.duplicates = 0
