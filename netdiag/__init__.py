@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and
     from .sock import Bind
     from .stats import RttStats
     from .trace import Hop, Responder, Trace, TraceProbe, Tracer, TraceResult
+    from .trace.monitor import Monitor, Snapshot
 
 #: Public names and the submodule each lives in, imported on first use (PEP 562): ``python -m
 #: netdiag.ping`` then loads neither the Tracer nor the Knocker (issue 12: start-up time),
@@ -42,6 +43,7 @@ _LAZY = {
     **dict.fromkeys(("Knock", "Knocker", "KnockResult", "KnockStats"), ".knock"),
     **dict.fromkeys(("Ping", "Pinger", "PingResult", "PingStats"), ".ping"),
     **dict.fromkeys(("Hop", "Responder", "Trace", "TraceProbe", "Tracer", "TraceResult"), ".trace"),
+    **dict.fromkeys(("Monitor", "Snapshot"), ".trace.monitor"),
     "ErrorReply": ".results",
     "Bind": ".sock",
     "RttStats": ".stats",
@@ -60,6 +62,7 @@ __all__ = [
     "KnockResult",
     "KnockStats",
     "Knocker",
+    "Monitor",
     "NetdiagError",
     "Ping",
     "PingResult",
@@ -69,6 +72,7 @@ __all__ = [
     "ResolveError",
     "Responder",
     "RttStats",
+    "Snapshot",
     "Trace",
     "TraceProbe",
     "TraceResult",

@@ -73,6 +73,7 @@ class Snapshot:
     at: float
 
     def as_dict(self) -> dict[str, Any]:
+        """The JSON form (what ``--report --json`` prints, with the host)."""
         return {
             "target": str(self.target),
             "protocol": self.protocol,
