@@ -350,6 +350,32 @@ def test_cli_count_needs_rounds_and_live_needs_the_extra(
     with pytest.raises(SystemExit) as e:
         trace_cli.main(["--live", "--report", "127.0.0.1"])
     assert e.value.code == 2
+    capsys.readouterr()
+    for argv, msg in (
+        (["--rediscover", "5", "127.0.0.1"], "--rediscover applies to --report and --live"),
+        (["-r", "--rediscover", "0", "127.0.0.1"], "rediscover"),
+    ):
+        with pytest.raises(SystemExit) as e:
+            trace_cli.main(argv)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert msg in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_rediscover_reaches_the_monitor(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict = {}
+
+    class Stop(Exception):
+        pass
+
+    def monitor(trace: Trace, **kw: object) -> None:
+        seen.update(kw)
+        raise Stop
+
+    monkeypatch.setattr(monitor_cli, "Monitor", monitor)
+    with pytest.raises(Stop):
+        trace_cli.main(["-r", "-c", "4", "-i", "0.5", "--rediscover", "3", "-n", "127.0.0.1"])
+    assert seen == {"rounds": 4, "every": 0.5, "rediscover": 3}
 
 
 # -- the live view's rendering (rich, from the test extra) -----------------------------------

@@ -139,6 +139,12 @@ def parser() -> cli.Parser:
         default=1.0,
         help="seconds between rounds (default 1)",
     )
+    mtr.add_argument(
+        "--rediscover",
+        type=cli.int_range(1, 2**31, "rediscover"),
+        help="run the MDA discovery again every this many rounds (default: only after a "
+        "route change)",
+    )
     cli.add_version(p)
     return p
 
@@ -188,6 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cli.fail(PROG, "-p does not apply to ICMP (-I)")
     if args.count is not None and not (args.report or args.live):
         cli.fail(PROG, "-c applies to --report and --live")
+    if args.rediscover is not None and not (args.report or args.live):
+        cli.fail(PROG, "--rediscover applies to --report and --live")
     if args.dot and (args.report or args.live):
         cli.fail(PROG, "--dot draws one trace; it does not combine with --report or --live")
     version = cli.family_of(args)

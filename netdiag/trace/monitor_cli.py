@@ -44,7 +44,7 @@ async def run_rounds(
     the last round, 1: it did not, or no round finished)."""
     live = args.live and sys.stdout.isatty()
     rounds = args.count if args.count is not None else (10 if args.report else None)
-    monitor = Monitor(trace, rounds=rounds, every=args.interval)
+    monitor = Monitor(trace, rounds=rounds, every=args.interval, rediscover=args.rediscover)
     start = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S%z")
     last: list[Snapshot] = []
     refused: PrivilegeError | None = None
