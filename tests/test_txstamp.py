@@ -81,3 +81,32 @@ def test_datagram_sockets_stamp_too(ping_group: Lab) -> None:  # noqa: F811
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     assert doc == {"mode": "datagram", "kinds": ["reply"] * 5, "tx": [True] * 5}
+
+
+@pytest.mark.parametrize("addr", ["127.0.0.1", "::1"])
+async def test_knock_rtts_start_at_the_kernel_stamp_too(addr: str) -> None:
+    """The Knocker's SYNs are stamped as they leave, as the Pinger's echoes: open and closed
+    answers alike, through ``collect`` and ``sweep``."""
+    import socket
+
+    from netdiag import Knock, Knocker
+
+    listener = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET)
+    listener.bind((addr, 0))
+    listener.listen(16)
+    port = listener.getsockname()[1]
+    closed = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET)
+    closed.bind((addr, 0))  # bound, never listening: the kernel answers RST
+    try:
+        async with Knocker() as k:
+            rs = await k.collect(Knock(addr, port, count=5, interval=0.005, expiry=1.0))
+            rs += await k.collect(
+                Knock(addr, closed.getsockname()[1], count=5, interval=0.005, expiry=1.0)
+            )
+            rs += [r async for r in k.sweep([(addr, port)] * 3, expiry=1.0)]
+    finally:
+        listener.close()
+        closed.close()
+    assert [r.kind for r in rs] == ["open"] * 5 + ["closed"] * 5 + ["open"] * 3
+    assert all(r.tx_kernel and r.rtt is not None and 0 < r.rtt < 0.5 for r in rs)
+    assert all(r.as_dict()["tx_kernel"] is True for r in rs)

@@ -127,6 +127,9 @@ class KnockResult:
     ``ttl`` its TTL/hop limit; ``flags`` the TCP flags of a TCP answer; ``sport`` the source
     port the SYN used. ``duplicate`` marks a second answer to the same SYN; ``late`` an answer
     that came after the probe had been reported filtered (it does not change the counts).
+    ``tx_kernel``: ``rtt`` starts at the kernel's transmit timestamp of the SYN (both ends
+    kernel stamps, as :class:`~netdiag.PingResult`'s); False, at the clock read just before
+    ``sendmsg``.
     """
 
     seq: int
@@ -141,6 +144,7 @@ class KnockResult:
     duplicate: bool = False
     late: bool = False
     error: ErrorReply | None = None
+    tx_kernel: bool = False
 
     @property
     def label(self) -> str:
@@ -390,11 +394,11 @@ class _Session(ProbeSession[_Probe, KnockResult], Scheduled):
         if isinstance(event, QuotedSyn):
             return KnockResult(
                 probe.seq, t.addr, t.port, kind, rtt, responder, packet.ttl,
-                sport=probe.sport, error=ErrorReply.of(event.error),
+                sport=probe.sport, error=ErrorReply.of(event.error), tx_kernel=probe.tx_kernel,
             )  # fmt: skip
         return KnockResult(
             probe.seq, t.addr, t.port, kind, rtt, responder, packet.ttl,
-            flags=event.flags, sport=probe.sport,
+            flags=event.flags, sport=probe.sport, tx_kernel=probe.tx_kernel,
         )  # fmt: skip
 
     def timeout(self, probe: _Probe) -> KnockResult:
@@ -550,6 +554,7 @@ class Knocker(Diagnostic):
             )
             fam = _Family(tcp, v6, RouteFinder(v6, self.bind))
             self._engine.add_socket(tcp, tcp_classifier(v6))
+            tcp.enable_tx_stamps()  # kernel-to-kernel RTTs, as the Pinger's (issue 12)
             try:
                 icmp = ProbeSocket.raw_icmp(
                     v6,
