@@ -362,8 +362,13 @@ def test_trace_icmp_filter() -> None:
         udp = struct.pack("!HHHH", 61005, 33434, 8, 0)
         assert run(prog, error4(_ipv4(ME, TARGET, 17, udp, options)))
         assert run(prog, error4(_ipv4(ME, TARGET, 6, struct.pack("!HHI", 65535, 80, 1), options)))
-        assert run(prog, error4(request4(0x1234, options)[: 20 + len(options) + 8]))
-        assert run(prog, echo_reply4(0x1234, options))  # ICMP traces use every identifier
+        assert run(prog, error4(request4(61005, options)[: 20 + len(options) + 8]))
+        assert run(prog, echo_reply4(61005, options))  # ICMP traces' ids: the ports' range
+        assert run(prog, echo_reply4(hi, options)) and run(prog, echo_reply4(lo, options))
+        # a Pinger's (or another program's) echoes beside the Tracer stay in the kernel
+        assert not run(prog, echo_reply4(0x1234, options))
+        assert not run(prog, echo_reply4(lo - 1, options))
+        assert not run(prog, error4(request4(0x1234, options)[: 20 + len(options) + 8]))
         foreign_udp = struct.pack("!HHHH", 40000, 33434, 8, 0)
         assert not run(prog, error4(_ipv4(ME, TARGET, 17, foreign_udp, options)))
         assert not run(prog, error4(echo_reply4(0x1234, options)[: 20 + len(options) + 8]))
@@ -371,7 +376,9 @@ def test_trace_icmp_filter() -> None:
     prog6 = bpf.trace_icmp_filter(True, lo, hi)
     assert run(prog6, error6(ipv6(ME6, TARGET6, 17, struct.pack("!HHHH", 61000, 1, 8, 0))))
     assert not run(prog6, error6(ipv6(ME6, TARGET6, 17, struct.pack("!HHHH", 60999, 1, 8, 0))))
-    request6 = build_echo(0x99, 1, b"x" * 8, v6=True)
+    request6 = build_echo(61099, 1, b"x" * 8, v6=True)
     assert run(prog6, error6(ipv6(ME6, TARGET6, 58, request6)))
-    assert run(prog6, echo_reply6(0x99))
+    assert run(prog6, echo_reply6(61099))
+    assert not run(prog6, error6(ipv6(ME6, TARGET6, 58, build_echo(0x99, 1, b"x" * 8, v6=True))))
+    assert not run(prog6, echo_reply6(0x99))
     assert not run(prog6, _icmp(128, 0, b"\0" * 8))  # an echo request to us: not a trace's

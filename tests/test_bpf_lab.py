@@ -93,6 +93,26 @@ async def test_tracer_and_knocker_filters_attach_and_they_still_work(
     assert t_updates == 4 and k_updates == 4  # ICMP + TCP socket, both families
 
 
+@pytest.mark.parametrize("v", [4, 6])
+async def test_a_pinger_beside_a_tracer_does_not_wake_it(lab: Lab, v: int) -> None:
+    """An ICMP trace and a Pinger in one process (as the exporter runs them): the Tracer's
+    echo ids come from its flow ports' range, so its ICMP socket's filter keeps the Pinger's
+    replies in the kernel (before, the Tracer received and dropped every one of them)."""
+    from netdiag import Trace, Tracer
+
+    dst = str(lab.dst.v4 if v == 4 else lab.dst.v6)
+    with lab.enter("src"):
+        async with Tracer() as t, Pinger() as p:
+            async with trio.open_nursery() as n:
+                n.start_soon(p.collect, Ping(dst, count=60, interval=0.002, expiry=1.0))
+                r = await t.collect(Trace(dst, proto="icmp", flows=1, expiry=1.0))
+            await trio.sleep(0.2)
+            stats = t.engine.stats
+    assert r.reached and r.hops[0].probes[0].flow == 0
+    assert stats.unmatched == 0 and stats.received == stats.matched, stats
+    assert stats.received == r.sent - sum(h.timeouts for h in r.hops), stats
+
+
 async def test_knock_filter_follows_a_changed_port_range(lab: Lab, dst_listener: int) -> None:
     """ip_local_port_range changed while a Knocker is open: its reserved ports now come from
     outside the range its filter was built for, so the filter grows to cover them (else the

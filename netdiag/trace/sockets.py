@@ -79,7 +79,8 @@ Classifier = Callable[[Packet], Classified]
 
 #: Source ports of raw-mode UDP/TCP flows: above Linux's default ephemeral range (32768-60999),
 #: so the kernel's own connections rarely share one (and the kernel filters of the receive
-#: sockets pass only these). ICMP flows use echo identifiers 0..65535.
+#: sockets pass only these). ICMP flows take their echo identifiers from the same range, so
+#: the ICMP socket's filter keeps other programs' echo replies (a Pinger beside us) out.
 PORT_LO, PORT_HI = 61000, 65535
 #: ICMP types the receive sockets need; the kernel filters out the rest.
 _TYPES4 = (0, 3, 11, 12)

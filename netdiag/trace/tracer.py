@@ -22,7 +22,6 @@ from ..errors import NetdiagError, PrivilegeError
 from ..privilege import raw_socket_advice
 from ..resolve import resolve, reverse
 from ..sock import DEFAULT_RCVBUF, Bind, IPAddress
-from ..wire.trace import PROTO_ICMP, PROTO_ICMP6
 from .options import Trace
 from .results import Hop, TraceResult
 from .session import LINGER, TraceSession
@@ -58,7 +57,9 @@ class FlowBlocks:
     def alloc(self, dst: bytes, proto: int, size: int) -> int:
         """The first id of a block of ``size`` flow ids (source ports, or echo identifiers)
         that no reserved block towards ``dst`` with ``proto`` overlaps."""
-        lo, hi = (0, 0xFFFF) if proto in (PROTO_ICMP, PROTO_ICMP6) else (PORT_LO, PORT_HI)
+        # Echo identifiers come from the flow ports' range too: the ICMP socket's kernel filter
+        # then lets through only echo replies (and errors quoting requests) with our ids.
+        lo, hi = PORT_LO, PORT_HI
         span = hi - lo + 1
         if size > span:
             raise ValueError(f"at most {span} flows per trace")

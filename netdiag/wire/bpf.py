@@ -304,16 +304,19 @@ def icmp_error_port_filter(v6: bool, proto: int, lo: int, hi: int) -> bytes:
 
 
 def trace_icmp_filter(v6: bool, lo: int, hi: int) -> bytes:
-    """A Tracer's raw ICMP socket: echo replies (ICMP traces; their identifiers span the whole
-    range), and ICMP errors quoting an echo request, or a UDP/TCP packet from ports ``lo..hi``
-    (the Tracer's flow ports). Other errors -- quoting other programs' UDP, TCP or anything
-    else -- and every other message stay in the kernel."""
+    """A Tracer's raw ICMP socket: echo replies whose identifier is in ``lo..hi`` (ICMP
+    traces take their flow ids from the same range as the UDP/TCP flow ports), and ICMP errors
+    quoting an echo request with such an identifier, or a UDP/TCP packet from ports ``lo..hi``.
+    Other errors -- quoting other programs' UDP, TCP or anything else -- other programs' echo
+    replies (a Pinger beside the Tracer) and every other message stay in the kernel."""
     _check_ports(lo, hi)
     if v6:
         src: list[Insn | str] = _dispatch_types(
-            BPF_ABS, 0, [((ECHO_REPLY6,), "accept"), (ERROR_TYPES6, "error")]
+            BPF_ABS, 0, [((ECHO_REPLY6,), "reply"), (ERROR_TYPES6, "error")]
         )
         src += [
+            "reply:",
+            *_port_in(BPF_ABS, 4, lo, hi),  # the identifier
             "error:",
             _ld(BPF_B, BPF_ABS, 8 + 6),  # quoted next header
             _jeq(58, "q_icmp", 0),
@@ -321,14 +324,17 @@ def trace_icmp_filter(v6: bool, lo: int, hi: int) -> bytes:
             _jeq(17, "q_port", "drop"),
             "q_icmp:",
             _ld(BPF_B, BPF_ABS, 8 + 40),
-            _jeq(ECHO_REQUEST6, "accept", "drop"),
+            _jeq(ECHO_REQUEST6, 0, "drop"),
+            *_port_in(BPF_ABS, 8 + 40 + 4, lo, hi),  # the quoted request's identifier
             "q_port:",
             *_port_in(BPF_ABS, 8 + 40, lo, hi),
         ]
     else:
         src = [_IHL_TO_X]
-        src += _dispatch_types(BPF_IND, 0, [((ECHO_REPLY4,), "accept"), (ERROR_TYPES4, "error")])
+        src += _dispatch_types(BPF_IND, 0, [((ECHO_REPLY4,), "reply"), (ERROR_TYPES4, "error")])
         src += [
+            "reply:",
+            *_port_in(BPF_IND, 4, lo, hi),  # the identifier
             "error:",
             _ld(BPF_B, BPF_IND, 8 + 9),  # quoted protocol
             _jeq(1, "q_icmp", 0),
@@ -337,7 +343,8 @@ def trace_icmp_filter(v6: bool, lo: int, hi: int) -> bytes:
             "q_icmp:",
             *_skip_quoted_ipv4(),
             _ld(BPF_B, BPF_IND, 8),
-            _jeq(ECHO_REQUEST4, "accept", "drop"),
+            _jeq(ECHO_REQUEST4, 0, "drop"),
+            *_port_in(BPF_IND, 8 + 4, lo, hi),  # the quoted request's identifier
             "q_port:",
             *_skip_quoted_ipv4(),
             *_port_in(BPF_IND, 8, lo, hi),
