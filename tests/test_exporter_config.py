@@ -44,6 +44,10 @@ BAD = [
      "between 1 and 65535"),
     ('[[trace]]\nname = "t"\ntargets = ["127.0.0.1"]\nproto = "sctp"\n', "trace[t].proto",
      "must be"),
+    ('[[trace]]\nname = "t"\ntargets = ["127.0.0.1"]\nminimize = "time"\n',
+     "trace[t].minimize", "must be"),
+    ('[[trace]]\nname = "t"\ntargets = ["127.0.0.1"]\nstop_at_first_arrival = 1\n',
+     "trace[t].stop_at_first_arrival", "true or false"),
     (GOOD_PING + '[[trace]]\nname = "p"\ntargets = ["127.0.0.1"]\n', "trace[p].name",
      "duplicate job name"),
     (GOOD_PING + GOOD_PING, "ping[p].name", "duplicate job name"),
@@ -92,6 +96,24 @@ def test_targets_parse() -> None:
     for bad in ("1.2.3.4:x", "[::1", "-bad-", "a..b", "[dst]"):
         with pytest.raises(ValueError):
             parse_target(bad, True)
+
+
+def test_trace_jobs_choose_the_probe_economy(tmp_path: Path) -> None:
+    """``minimize`` and ``stop_at_first_arrival`` reach the Trace each round runs."""
+    from netdiag.exporter.runner import trace_of
+
+    path = tmp_path / "t.toml"
+    path.write_text(
+        '[[trace]]\nname = "t"\ntargets = ["127.0.0.1"]\nminimize = "rounds"\n'
+        "stop_at_first_arrival = true\n"
+    )
+    (job,) = load(path).jobs
+    trace = trace_of("127.0.0.1", job.options)  # type: ignore[arg-type]
+    assert trace.minimize == "rounds" and trace.stop_at_first_arrival
+    path.write_text('[[trace]]\nname = "t"\ntargets = ["127.0.0.1"]\n')
+    (job,) = load(path).jobs
+    trace = trace_of("127.0.0.1", job.options)  # type: ignore[arg-type]
+    assert trace.minimize == "probes" and not trace.stop_at_first_arrival
 
 
 def test_example_config_loads() -> None:

@@ -110,6 +110,8 @@ class TraceOptions:
     flows: int | None = None
     max_flows: int = 64
     dns: bool = False
+    minimize: Literal["probes", "rounds"] = "probes"
+    stop_at_first_arrival: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,7 +318,18 @@ def _labels(ctx: _Ctx, t: dict[str, Any], where: str) -> tuple[tuple[str, str], 
 
 
 _PING_KEYS = {"count", "interval", "expiry", "size", "ttl", "tos", "df", "rtt_histogram"}
-_TRACE_KEYS = {"proto", "port", "max_ttl", "expiry", "confidence", "flows", "max_flows", "dns"}
+_TRACE_KEYS = {
+    "proto",
+    "port",
+    "max_ttl",
+    "expiry",
+    "confidence",
+    "flows",
+    "max_flows",
+    "dns",
+    "minimize",
+    "stop_at_first_arrival",
+}
 _KNOCK_KEYS = {"port", "ports", "count", "interval", "expiry", "rtt_histogram"}
 _OPTION_KEYS: dict[Kind, set[str]] = {
     "ping": _PING_KEYS,
@@ -361,6 +374,9 @@ def _options(ctx: _Ctx, kind: Kind, t: dict[str, Any], where: str) -> Options:
                 f"{where}.confidence", f"must be a fraction in (0, 1), got {confidence!r}"
             )
         max_flows = _int(ctx, t, "max_flows", where, 1, 1024, 64) or 64
+        minimize = t.get("minimize", "probes")
+        if minimize not in ("probes", "rounds"):
+            raise ctx.fail(f"{where}.minimize", f'must be "probes" or "rounds", not {minimize!r}')
         return TraceOptions(
             proto=proto,
             port=port,
@@ -370,6 +386,8 @@ def _options(ctx: _Ctx, kind: Kind, t: dict[str, Any], where: str) -> Options:
             flows=_int(ctx, t, "flows", where, 1, max_flows, None),
             max_flows=max_flows,
             dns=bool(_bool(ctx, t, "dns", where)),
+            minimize="rounds" if minimize == "rounds" else "probes",
+            stop_at_first_arrival=bool(_bool(ctx, t, "stop_at_first_arrival", where)),
         )
     ports: list[int] = []
     if "port" in t and "ports" in t:

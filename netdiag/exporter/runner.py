@@ -77,6 +77,8 @@ def trace_of(addr: IPAddress | str, o: TraceOptions) -> Trace:
         flows=o.flows,
         max_flows=o.max_flows,
         dns=o.dns,
+        minimize=o.minimize,
+        stop_at_first_arrival=o.stop_at_first_arrival,
     )
 
 
