@@ -24,7 +24,7 @@ async def test_ping_rtts_start_at_the_kernel_stamp(addr: str, optid: bool) -> No
         sock = p._family(":" in addr).sock  # test-only peek at the socket
         assert sock.tx_stamps
         if not optid:  # the fallback for kernels before 6.13: the socket's own key counter
-            sock._tx_optid = False
+            sock.tx.optid = False
         rs = await p.collect(Ping(addr, count=20, interval=0.005))
         used = sock.tx_stamps_used
     assert [r.kind for r in rs] == ["reply"] * 20
@@ -53,7 +53,7 @@ async def test_a_refused_send_does_not_shift_later_stamps(clean_lab: Lab, optid:
                    f"ip daddr {blocked} drop; }}; }}")  # fmt: skip
     with lab.enter("src"):
         async with Pinger() as p:
-            p._family(False).sock._tx_optid = optid
+            p._family(False).sock.tx.optid = optid
             async with trio.open_nursery() as n:
                 n.start_soon(p.collect, Ping(blocked, count=10, interval=0.005, expiry=0.5))
                 rs = await p.collect(Ping(dst, count=10, interval=0.005))

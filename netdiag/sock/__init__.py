@@ -21,6 +21,8 @@ Modules, one concept each:
 =================== ==========================================================================
 ``bind``            addresses and :class:`Bind` (source address / interface per family)
 ``probe_socket``    :class:`ProbeSocket`: the named socket kinds, sending, batched receiving
+``tx_stamps``       :class:`~netdiag.sock.tx_stamps.TxStamps`: which send a kernel transmit
+                    stamp belongs to (per-send keys or the kernel's counter; no IO)
 ``route``           :class:`RouteFinder` (source discovery, first hops of the kernel's
                     route over rtnetlink), TCP source-port reservation
 ``family``          :class:`PerFamily`: one object's sockets per IP family, or why not

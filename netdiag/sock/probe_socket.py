@@ -14,7 +14,6 @@ import socket
 import struct
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
 
 import trio
 
@@ -22,6 +21,7 @@ from ..errors import FamilyUnavailableError, PrivilegeError
 from ..wire import cmsg
 from ..wire.packet import Packet
 from .bind import Bind
+from .tx_stamps import TxStamps
 
 __all__ = [
     "DEFAULT_RCVBUF",
@@ -60,13 +60,6 @@ _RECVERR_SEND_ATTEMPTS = 3
 #: flow's probes in flight, so the raw sockets' megabytes are not needed.
 FLOW_RCVBUF = 256 << 10
 
-#: Transmit stamps awaited at most (a dropped packet never gets one): the oldest go first.
-_TX_PENDING_MAX = 1 << 16
-#: Send errors raised after the kernel took a transmit-stamp key (netfilter's verdict on
-#: the way out): in the counter fallback such a send still moves the key on.
-_TX_KEY_TAKEN = frozenset({errno.EPERM})
-#: In the counter fallback, how far after the clock read before a send its stamp may be.
-_TX_STAMP_PLAUSIBLE_NS = 1_000_000_000
 
 #: Default receive buffer: room for tens of thousands of small replies arriving in a burst, the
 #: failure mode multiping users hit with the kernel's ~200 KB default.
@@ -102,8 +95,14 @@ class ProbeSocket:
     kernel_filter_error: str | None = None
     #: whether the kernel stamps what this socket sends (:meth:`enable_tx_stamps`)
     tx_stamps: bool = False
-    #: transmit stamps the kernel reported and that replaced a probe's user-space send time
-    tx_stamps_used: int = 0
+    #: the keys of those stamps and the probes awaiting them
+    tx: TxStamps | None = None
+
+    @property
+    def tx_stamps_used(self) -> int:
+        """Transmit stamps the kernel reported and that replaced a probe's user-space send
+        time."""
+        return self.tx.used if self.tx is not None else 0
 
     def __init__(self, v6: bool, kind: int, proto: int, what: str) -> None:
         """Open the bare socket; use the named constructors instead."""
@@ -354,34 +353,9 @@ class ProbeSocket:
             except OSError:
                 continue
             self.tx_stamps = True
-            self._tx_key = 0
-            self._tx_optid = True  # per-send keys (SCM_TS_OPT_ID) until the kernel refuses
-            self._tx_pending: dict[int, object] = {}
+            self.tx = TxStamps()
             return True
         return False
-
-    def _tx_sent(self, stamp: object | None) -> None:
-        """A send left: remember whose stamp its key is (keys advance on every send, as the
-        kernel's counter does in the fallback mode)."""
-        key = self._tx_key
-        self._tx_key = (key + 1) & 0xFFFFFFFF
-        if stamp is not None:
-            pending = self._tx_pending
-            if len(pending) >= _TX_PENDING_MAX:  # stamps the kernel never sent (dropped)
-                del pending[next(iter(pending))]
-            pending[key] = stamp
-
-    def _tx_stamped(self, key: int, stamp_ns: int) -> None:
-        obj: Any = self._tx_pending.pop(key, None)
-        if obj is None:
-            return
-        # With the socket's own counter a send refused after the kernel took its key would
-        # shift every later key by one: only a stamp no earlier than the clock read before
-        # that send, and close to it, can be its own.
-        if self._tx_optid or 0 <= stamp_ns - obj.sent_ns < _TX_STAMP_PLAUSIBLE_NS:
-            obj.sent_ns = stamp_ns
-            obj.tx_kernel = True
-            self.tx_stamps_used += 1
 
     def _checksum(self, offset: int | None) -> None:
         if offset is not None:
@@ -447,25 +421,21 @@ class ProbeSocket:
         (SCM_TS_OPT_ID), or, on a kernel that refuses that (EINVAL, before 6.13), counts with
         the socket's own key counter."""
         sendmsg = self._sock.sendmsg
+        tx = self.tx
+        assert tx is not None
         for attempt in range(self._attempts):
-            full = [*anc, cmsg.ts_opt_id(self._tx_key)] if self._tx_optid else anc
             t = time.time_ns()
             try:
-                sendmsg((data,), full, 0, addr)
+                sendmsg((data,), tx.ancillary(anc), 0, addr)
             except BlockingIOError:
                 raise
             except OSError as e:
-                if self._tx_optid and e.errno == errno.EINVAL:
-                    self._tx_optid = False  # the counter started at 0 and took no key
+                if tx.refused(e.errno or 0):  # no per-send keys here: the counter from now on
                     return self._send_stamped(data, addr, anc, stamp)
-                if not self._tx_optid and e.errno in _TX_KEY_TAKEN:
-                    # Counter mode: refused by netfilter after the kernel took this send's
-                    # key; skip it too, so later stamps keep matching their sends.
-                    self._tx_key = (self._tx_key + 1) & 0xFFFFFFFF
                 if attempt == self._attempts - 1:
                     raise
                 continue
-            self._tx_sent(stamp)
+            tx.sent(stamp)
             return t
         raise AssertionError("unreachable")
 
@@ -542,7 +512,7 @@ class ProbeSocket:
 
     def _drain_errqueue(self, out: list[Packet], limit: int, buf: bytearray) -> OSError | None:
         recv = self._sock.recvmsg_into
-        v6, tx = self.v6, self.tx_stamps
+        v6, tx = self.v6, self.tx if self.tx_stamps else None
         for _ in range(limit):
             try:
                 n, anc, flags, addr = recv([buf], _ANC_BUF, socket.MSG_ERRQUEUE)
@@ -550,10 +520,10 @@ class ProbeSocket:
                 break
             except OSError as e:
                 return e
-            if tx:
+            if tx is not None:
                 stamped = cmsg.decode_tx_stamp(anc)
                 if stamped is not None:
-                    self._tx_stamped(*stamped)
+                    tx.stamped(*stamped)
                     continue
             if not self.recverr:
                 continue
