@@ -362,6 +362,18 @@ def test_error_reply_raises_oserror_with_errno(err: int, code: int) -> None:
         parse_nexthop(nlerr(-errno.ENOENT))
 
 
+@pytest.mark.parametrize("err", [-(2**31), -4096])
+def test_error_reply_with_an_impossible_errno_is_malformed(err: int) -> None:
+    """No errno is beyond the kernel's MAX_ERRNO (4095): -2**31 (found by the fuzzer) made
+    ``os.strerror`` raise OverflowError; it is a ValueError like any malformed reply."""
+    for parse in (parse_route, parse_nexthop):
+        with pytest.raises(ValueError, match="impossible errno"):
+            parse(nlerr(err))
+    with pytest.raises(OSError) as exc:
+        parse_route(nlerr(-4095))
+    assert exc.value.errno == 4095
+
+
 def test_ack_is_not_a_route() -> None:
     with pytest.raises(ValueError, match="acknowledgement"):
         parse_route(nlerr(0))

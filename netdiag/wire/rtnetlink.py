@@ -100,6 +100,8 @@ NLMSG_NOOP = 0x1
 NLMSG_ERROR = 0x2
 NLMSG_DONE = 0x3
 NLMSG_OVERRUN = 0x4
+#: The largest errno the kernel returns (include/linux/err.h, MAX_ERRNO).
+MAX_ERRNO = 4095
 #: nlmsg_flags.
 NLM_F_REQUEST = 0x01
 NLM_F_MULTI = 0x02
@@ -468,6 +470,8 @@ def _first(data: bytes) -> NetlinkMessage:
         if len(msg.payload) < 4:
             raise ValueError("truncated netlink error message")
         (err,) = _S32.unpack_from(msg.payload)
+        if err < -MAX_ERRNO:  # no such errno (the fuzzer's -2**31 made strerror overflow)
+            raise ValueError(f"netlink error reply with an impossible errno {-err}")
         if err < 0:
             raise OSError(-err, os.strerror(-err))
         raise ValueError("netlink acknowledgement where a reply was expected")
