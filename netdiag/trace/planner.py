@@ -295,8 +295,7 @@ class Planner:
             if placed is not None:
                 h, probe = placed
                 ttl = probe.ttl
-            if self._held:
-                self._extend_reach(self._held)
+            self._release_held()
         h.answers[flow] = probe
         self.probes.append(probe)
         if terminal:
@@ -322,8 +321,7 @@ class Planner:
         self.probes.append(probe)
         if self.distance == "pending" and (ttl, flow) == (self.max_ttl, 0):
             self._no_distance()  # the scout falls back to its reach
-            if self._held:
-                self._extend_reach(self._held)
+            self._release_held()
         else:
             self._extend_reach(ttl)
         self._advance(now)
@@ -342,13 +340,11 @@ class Planner:
             d = last - probe.quoted_ttl + 1  # routers crossed, plus one
             there = self._hops.get(d)
             if d == last:  # where it was sent: nothing to move
-                self.distance, self.distance_ttl, self.distance_filed = "known", d, True
-                self.reach = last
+                self._known(d, filed=True)
                 return None
             if first <= d and there is not None and 0 in there.sent:
                 # the scout, stepping meanwhile, got there first: this one is a spare
-                self.distance, self.distance_ttl = "known", d
-                self.reach = max(self.reach, d)
+                self._known(d, filed=False)
                 return None
             if first <= d:
                 del h.sent[0]
@@ -357,13 +353,10 @@ class Planner:
                 if there is None:
                     there = self._hops[d] = _HopState(d)
                 there.sent[0] = None
-                self.distance, self.distance_ttl, self.distance_filed = "known", d, True
-                self.reach = max(self.reach, d)
+                self._known(d, filed=True)
                 return there, replace(probe, ttl=d)
         if terminal and probe.destination and probe.reply_ttl:
-            d = max(first, min(hops_from_reply_ttl(probe.reply_ttl), last))
-            self.distance, self.distance_ttl = "known", d
-            self.reach = max(self.reach, d)
+            self._known(max(first, min(hops_from_reply_ttl(probe.reply_ttl), last)), filed=False)
             return None
         if not terminal and probe.kind == "time-exceeded":
             self.distance = "none"  # the route is longer than max_ttl: every TTL is on it
@@ -371,9 +364,20 @@ class Planner:
         self._no_distance()
         return None
 
+    def _known(self, d: int, *, filed: bool) -> None:
+        """The destination is at TTL ``d`` on flow 0: the scout goes that far."""
+        self.distance, self.distance_ttl, self.distance_filed = "known", d, filed
+        self.reach = max(self.reach, d)
+
     def _no_distance(self) -> None:
         self.distance = "none"
         self.reach = max(self.reach, min(self.first_ttl + self.step - 1, self.max_ttl))
+
+    def _release_held(self) -> None:
+        """The distance probe is resolved: what the scout's answers meanwhile would have done
+        to the reach, under the rule that now applies."""
+        if self._held:
+            self._extend_reach(self._held)
 
     # -- the rules -----------------------------------------------------------------------
 
