@@ -859,29 +859,8 @@ class Bench:
             # (probability 1/32 per UDP trace here): counted and printed, never averaged away.
             expected = {"udp": [1, 2, 2, 1], "icmp": [1, 1, 1, 1]}
             for proto in ("udp", "icmp"):
-                argv = [self.py, str(HERE / "_netdiag_worker.py"), "trace", "--addr", dst,
-                        "--proto", proto, "--count", str(repeat),
-                        "--expiry", "1.0", "--deadline", str(self.args.deadline)]  # fmt: skip
-                row = Row("netdiag", f"{workload} {proto}", 0)
-                proc = run_in(diamond, "src", argv, timeout=self.args.deadline + 10,
-                              label=f"trace {proto}", ticker=self.progress)  # fmt: skip
-                self._parse_worker(row, proc)
-                row.probes = row.sent
-                x = row.extra
-                if x:
-                    row.work_wall = x["elapsed_median"]
-                    want = expected[proto]
-                    seen = x.get("hops_all", [x["hops"]])
-                    misses = [i for i, h in enumerate(seen) if h != want]
-                    counts = sorted(x["sent_all"])
-                    row.note = (f"median of {x['runs']} traces, {x['sent_per_trace']} probes/trace"
-                                f" (min {counts[0]}, max {counts[-1]}), hops {want} in "
-                                f"{len(seen) - len(misses)}/{len(seen)}")  # fmt: skip
-                    if misses:
-                        row.note += f"; MISSED in traces {misses}: {[seen[i] for i in misses]}"
-                        self.log(f"trace {proto}: {len(misses)} of {len(seen)} traces found less "
-                            f"than {want}: {[seen[i] for i in misses]}")  # fmt: skip
-                self._finish(row, proc, None)
+                self._trace_row(diamond, f"{workload} {proto}", dst, repeat, expected[proto],
+                                proto=proto)  # fmt: skip
             if shutil.which("traceroute"):
                 argv = ["traceroute", "-n", "-q", "3", "-N", "32", "-w", "1", dst]
                 row = Row("traceroute", f"{workload} udp", 0)
@@ -909,8 +888,11 @@ class Bench:
                 dst = str(lab.dst.v4)
                 # the default, then each trade-off: Trace.minimize="rounds", and
                 # stop_at_first_arrival (scamper's rule at the destination's hop)
-                for minimize, first in (("probes", False), ("rounds", False), ("probes", True)):
-                    self._trace_row(lab, name, dst, repeat, minimize, want, first)
+                modes = (("", ()), (" (minimize=rounds)", ("--minimize", "rounds")),
+                         (" (stop_at_first_arrival)", ("--first-arrival",)))  # fmt: skip
+                for mode, flags in modes:
+                    self._trace_row(lab, f"multipath {name} udp{mode}", dst, repeat, want,
+                                    flags=flags)  # fmt: skip
                 if not shutil.which("scamper"):
                     continue
                 argv = ["scamper", "-O", "json", "-c", "tracelb -P udp-sport -c 95", "-i", dst]
@@ -927,32 +909,32 @@ class Bench:
                                         f"expected {want}")  # fmt: skip
                 self._finish(row, proc, None)
 
-    def _trace_row(self, lab: Lab, name: str, dst: str, repeat: int, minimize: str,
-                   want: list[int], first_arrival: bool) -> None:  # fmt: skip
-        """One netdiag row of :meth:`trace_topologies`: ``repeat`` traces, counts and misses."""
+    def _trace_row(self, lab: Lab, workload: str, dst: str, repeat: int, want: list[int],
+                   proto: str = "udp", flags: tuple[str, ...] = ()) -> None:  # fmt: skip
+        """One netdiag trace row: ``repeat`` traces by the worker in ``lab``'s src (``flags``
+        passed on), probes per trace, and every trace that found less than ``want`` interfaces
+        per TTL -- the MDA's miss, counted and printed, never averaged away."""
         argv = [self.py, str(HERE / "_netdiag_worker.py"), "trace", "--addr", dst,
-                "--proto", "udp", "--count", str(repeat), "--minimize", minimize,
-                "--expiry", "1.0", "--deadline", str(self.args.deadline)]  # fmt: skip
-        mode = "" if minimize == "probes" else " (minimize=rounds)"
-        if first_arrival:
-            argv.append("--first-arrival")
-            mode += " (stop_at_first_arrival)"
-        row = Row("netdiag", f"multipath {name} udp{mode}", 0)
+                "--proto", proto, "--count", str(repeat),
+                "--expiry", "1.0", "--deadline", str(self.args.deadline), *flags]  # fmt: skip
+        row = Row("netdiag", workload, 0)
         proc = run_in(lab, "src", argv, timeout=self.args.deadline + 10,
-                      label=f"trace {name}", ticker=self.progress)  # fmt: skip
+                      label=workload, ticker=self.progress)  # fmt: skip
         self._parse_worker(row, proc)
         row.probes = row.sent
         x = row.extra
         if x:
             row.work_wall = x["elapsed_median"]
             seen = x.get("hops_all", [x["hops"]])
-            misses = sum(1 for h in seen if h != want)
-            counts_ = sorted(x["sent_all"])
-            row.note = (f"{counts_[len(counts_) // 2]} probes/trace (min {counts_[0]}, "
-                        f"max {counts_[-1]}), hops {want} in {len(seen) - misses}/"
-                        f"{len(seen)}")  # fmt: skip
+            misses = [i for i, h in enumerate(seen) if h != want]
+            counts = sorted(x["sent_all"])
+            row.note = (f"median of {x['runs']} traces, {x['sent_per_trace']} probes/trace"
+                        f" (min {counts[0]}, max {counts[-1]}), hops {want} in "
+                        f"{len(seen) - len(misses)}/{len(seen)}")  # fmt: skip
             if misses:
-                self.log(f"trace {name}: {misses} of {len(seen)} traces incomplete")
+                row.note += f"; MISSED in traces {misses}: {[seen[i] for i in misses]}"
+                self.log(f"{workload}: {len(misses)} of {len(seen)} traces found less than "
+                         f"{want}: {[seen[i] for i in misses]}")  # fmt: skip
         self._finish(row, proc, None)
 
     # -- knock ---------------------------------------------------------------------------------
