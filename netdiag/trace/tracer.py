@@ -201,10 +201,7 @@ class Tracer(Diagnostic):
         )
         t = mon.trace
         self._check_mode(t)
-        target = await resolve(t.addr)
-        sockets: ProbeSockets = self._family(target.version == 6)
-        src = sockets.source(target)
-        first_hops = _first_hops(sockets, t, target)
+        target, sockets, src, first_hops = await self._route(t)
         owner: list[TraceSession] = []
 
         async def run_round(rt: Trace, attempt: int) -> list[Hop]:
@@ -270,10 +267,7 @@ class Tracer(Diagnostic):
         if not isinstance(trace, Trace):
             raise TypeError(f"expected a netdiag.Trace, got {trace!r}")
         self._check_mode(trace)
-        target = await resolve(trace.addr)
-        sockets: ProbeSockets = self._family(target.version == 6)
-        src = sockets.source(target)
-        first_hops = _first_hops(sockets, trace, target)
+        target, sockets, src, first_hops = await self._route(trace)
         session = await self._session(
             lambda: TraceSession(self, trace, target, sockets, src, first_hops=first_hops)
         )
@@ -283,6 +277,17 @@ class Tracer(Diagnostic):
             if trace.dns:
                 hop = await self._named(hop, trace.dns_timeout)
             yield hop
+
+    async def _route(self, trace: Trace) -> tuple[IPAddress, ProbeSockets, bytes, int | None]:
+        """What every trace to ``trace.addr`` starts from: the target resolved, its family's
+        sockets, the source address the kernel routes it from, and hop 1's next hops from the
+        kernel's route -- asked only when the trace starts at TTL 1 and runs the MDA (fixed
+        flows probe every hop alike)."""
+        target = await resolve(trace.addr)
+        sockets: ProbeSockets = self._family(target.version == 6)
+        src = sockets.source(target)
+        mda_at_hop_1 = trace.first_ttl == 1 and trace.flows is None
+        return target, sockets, src, sockets.first_hops(target) if mda_at_hop_1 else None
 
     async def _session(self, make: Callable[[], TraceSession]) -> TraceSession:
         """``make()``, once a flow id block towards the target is free. A block is held for
@@ -357,11 +362,3 @@ class Tracer(Diagnostic):
                     await ev.wait()
         rs = tuple(replace(r, name=self._names.get(r.addr)) for r in hop.responders)
         return replace(hop, responders=rs)
-
-
-def _first_hops(sockets: ProbeSockets, trace: Trace, target: IPAddress) -> int | None:
-    """Hop 1's next hops from the kernel's route, when the trace starts at TTL 1 and runs the
-    MDA (fixed flows probe every hop alike): one gateway settles hop 1 with one answer."""
-    if trace.first_ttl != 1 or trace.flows is not None:
-        return None
-    return sockets.first_hops(target)
